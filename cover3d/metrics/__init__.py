@@ -1,0 +1,40 @@
+"""Metrics for displacement fields: accuracy (end-point error), plausibility (Jacobian, folding), inverse
+consistency and warped-label Dice. Plain functions on ``(B, 3, D, H, W)`` voxel fields plus MONAI cumulative metrics."""
+
+from cover3d.metrics.field_error import (
+    BinnedEndpointError,
+    EndPointErrorMetric,
+    binned_endpoint_error,
+    endpoint_error,
+    endpoint_error_map,
+    fraction_within_tolerance,
+)
+from cover3d.metrics.inverse_consistency import inverse_consistency_error, inverse_consistency_map
+from cover3d.metrics.jacobian import (
+    FoldingFractionMetric,
+    LogJacobianStdMetric,
+    folding_fraction,
+    jacobian_determinant,
+    log_jacobian_std,
+)
+from cover3d.metrics.label_overlap import warp_labels, warped_label_dice
+from cover3d.metrics.per_sample_metric import PerSampleMetric
+
+__all__ = [
+    "BinnedEndpointError",
+    "EndPointErrorMetric",
+    "FoldingFractionMetric",
+    "LogJacobianStdMetric",
+    "PerSampleMetric",
+    "binned_endpoint_error",
+    "endpoint_error",
+    "endpoint_error_map",
+    "folding_fraction",
+    "fraction_within_tolerance",
+    "inverse_consistency_error",
+    "inverse_consistency_map",
+    "jacobian_determinant",
+    "log_jacobian_std",
+    "warp_labels",
+    "warped_label_dice",
+]

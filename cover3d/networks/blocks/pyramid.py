@@ -1,0 +1,76 @@
+"""3D vector pyramid: coarse-to-fine displacement estimation from two views' multi-scale features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cover3d.fields import compose_fields, upsample_field, warp
+from cover3d.networks.blocks.veu import VectorEmbeddingUnit
+
+__all__ = ["VectorPyramid", "pyramid_reach"]
+
+
+def pyramid_reach(radii: Sequence[int]) -> int:
+    """Largest displacement (full-resolution voxels, per axis) the pyramid can represent: sum of r_l * stride_l."""
+    n = len(radii)
+    return int(sum(r * 2 ** (n - 1 - level) for level, r in enumerate(radii)))
+
+
+class VectorPyramid(nn.Module):
+    """Per-level projection + VEU/MVI, refined coarse to fine; levels are x2 apart.
+
+    Level 0 gives ``psi_0 = VEU(b_0, a_0)``. At each finer level ``psi_up = upsample_field(psi)`` (values x2),
+    view a's projected features are warped by ``psi_up``, the VEU gives a residual ``w`` and the fields compose:
+    ``psi = w + warp(psi_up, w)``.
+
+    Args:
+        in_channels: feature channels per level, coarse to fine.
+        radii: VEU radius per level, coarse to fine.
+        groups: MVI groups J per level, coarse to fine.
+        channels_per_group: projected channels per group (head dim); level width = J * channels_per_group.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        radii: Sequence[int] = (2, 2, 2, 1, 1),
+        groups: Sequence[int] = (4, 4, 4, 1, 1),
+        channels_per_group: int = 8,
+    ) -> None:
+        super().__init__()
+        if not len(in_channels) == len(radii) == len(groups):
+            raise ValueError(
+                f"in_channels, radii and groups need one entry per level, got {len(in_channels)}, {len(radii)}, {len(groups)}"
+            )
+        self.radii = tuple(int(r) for r in radii)
+        self.groups = tuple(int(g) for g in groups)
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(c, g * channels_per_group, kernel_size=1), nn.GroupNorm(g, g * channels_per_group))
+            for c, g in zip(in_channels, self.groups)
+        )
+        self.units = nn.ModuleList(VectorEmbeddingUnit(r, g) for r, g in zip(self.radii, self.groups))
+
+    @property
+    def reach(self) -> int:
+        return pyramid_reach(self.radii)
+
+    def forward(self, features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Features coarse to fine (lists of ``(B, C_l, *S_l)``) -> fields ``(B, 3, *S_l)`` per level, coarse to fine,
+        each in voxels of its own level; the last is the full-resolution field."""
+        if len(features_a) != len(self.units) or len(features_b) != len(self.units):
+            raise ValueError(f"expected {len(self.units)} feature levels, got {len(features_a)} and {len(features_b)}")
+        fields = []
+        psi = None
+        for proj, unit, fa, fb in zip(self.projections, self.units, features_a, features_b):
+            key, query = proj(fa), proj(fb)
+            if psi is None:
+                psi = unit(query, key)
+            else:
+                psi_up = upsample_field(psi, 2)
+                residual = unit(query, warp(key, psi_up))
+                psi = compose_fields(psi_up, residual)
+            fields.append(psi)
+        return fields

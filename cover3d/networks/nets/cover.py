@@ -1,0 +1,63 @@
+"""COVER network: siamese U-Net backbone + 3D vector pyramid predicting the displacement between two views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cover3d.networks.blocks.pyramid import VectorPyramid
+from cover3d.networks.nets.backbone import UNetBackbone
+
+__all__ = ["CoverNet"]
+
+
+class CoverNet(nn.Module):
+    """Shared-weight backbone on both views, vector pyramid on their features.
+
+    Args:
+        in_channels: channels of one view.
+        channels: backbone widths at strides 1..16 (see :class:`UNetBackbone`).
+        radii: VEU radius per pyramid level, coarse (stride 16) to fine (stride 1).
+        groups: MVI groups per level, coarse to fine.
+        channels_per_group: projected channels per group.
+        channels_per_norm_group: backbone GroupNorm group size.
+
+    ``forward(x)`` takes ``x`` ``(B, 2 * in_channels, D, H, W)``: view a's channels then view b's (sizes divisible
+    by 16). In eval mode it returns the predicted field ``(B, 3, D, H, W)`` in voxels (``x_b ~ warp(x_a, field)``).
+    In training mode it returns a dict (like MONAI's DynUNet, whose output also depends on the mode):
+    ``ddf`` (that field), ``level_ddfs`` (per level, coarse to fine, voxels of each level), ``features_a`` and
+    ``features_b`` (backbone features, coarse to fine).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        radii: Sequence[int] = (2, 2, 2, 1, 1),
+        groups: Sequence[int] = (4, 4, 4, 1, 1),
+        channels_per_group: int = 8,
+        channels_per_norm_group: int = 8,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.backbone = UNetBackbone(3, in_channels, channels, channels_per_norm_group)
+        self.pyramid = VectorPyramid(self.backbone.feature_channels, radii, groups, channels_per_group)
+
+    @property
+    def reach(self) -> int:
+        """Largest representable displacement per axis, in full-resolution voxels."""
+        return self.pyramid.reach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict:
+        if x.ndim != 5 or x.shape[1] != 2 * self.in_channels:
+            raise ValueError(f"CoverNet expects (B, {2 * self.in_channels}, D, H, W) = [view a, view b], got {tuple(x.shape)}")
+        view_a, view_b = x.split(self.in_channels, dim=1)
+        features = self.backbone(torch.cat([view_a, view_b], dim=0))  # one siamese pass over both views
+        features_a = [f[: x.shape[0]] for f in features]
+        features_b = [f[x.shape[0] :] for f in features]
+        level_ddfs = self.pyramid(features_a, features_b)
+        if not self.training:
+            return level_ddfs[-1]
+        return {"ddf": level_ddfs[-1], "level_ddfs": level_ddfs, "features_a": features_a, "features_b": features_b}
