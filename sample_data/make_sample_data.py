@@ -60,8 +60,15 @@ def downsample(image: sitk.Image, spacing: tuple[float, ...]) -> sitk.Image:
     origin = np.asarray(image.GetOrigin()) + direction @ ((new - old) / 2.0)  # same field-of-view corner
     array = sitk.GetArrayViewFromImage(image)
     resampled = sitk.Resample(
-        smooth, size.tolist(), sitk.Transform(), sitk.sitkLinear, origin.tolist(), new.tolist(),
-        image.GetDirection(), float(array.min()), sitk.sitkFloat32,
+        smooth,
+        size.tolist(),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin.tolist(),
+        new.tolist(),
+        image.GetDirection(),
+        float(array.min()),
+        sitk.sitkFloat32,
     )
     info = np.iinfo(array.dtype)
     values = np.clip(np.round(sitk.GetArrayFromImage(resampled)), info.min, info.max).astype(array.dtype)
@@ -89,6 +96,7 @@ def convert(source: Path, target: Path) -> str:
     affine = expected_affine(src.affine, np.asarray(image.GetSpacing()), np.asarray(spacing))
     assert np.allclose(dst.affine, affine, atol=1e-3), f"{target}: affine {dst.affine} != expected {affine}"
     assert dst.get_data_dtype() == src.get_data_dtype(), f"{target}: dtype changed"
+
     def fmt(values: tuple) -> str:
         return "x".join(f"{v:.3g}" for v in values)
 

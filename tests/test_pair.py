@@ -16,7 +16,7 @@ from cover3d.transforms.deformation import (
     RandDeformationField,
     affine_matrix,
     control_grid_shape,
-    deformation_field,
+    smooth_deformation_field,
 )
 from cover3d.transforms.pair import CoverPair, CoverPaird, fraction_within_reach
 
@@ -96,6 +96,7 @@ def test_same_seed_same_pair_different_seed_different():
         t = CoverPaird("image", PATCH, CONTEXT, appearance=appearance_augmentation("mri", **appearance), reach=8.0)
         return t.set_random_state(seed)
 
+    original = volume.copy()
     first, second, other = make(5), make(5), make(6)
     for _ in range(2):  # successive draws stay in step
         a, b, c = first({"image": volume}), second({"image": volume}), other({"image": volume})
@@ -103,6 +104,7 @@ def test_same_seed_same_pair_different_seed_different():
             assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
         assert not torch.equal(a["ddf"], c["ddf"])
         assert not torch.equal(a["image"], c["image"])
+    np.testing.assert_array_equal(volume, original)  # in-place appearance steps must not reach the input
 
 
 def test_numpy_torch_and_metatensor_inputs_agree():
@@ -148,14 +150,14 @@ def test_affine_field_matches_monai_affine():
     volume = smooth_volume(shape)
     rotation, scale, shear = (7.0, -5.0, 9.0), (1.08, 0.93, 1.05), (0.04, -0.03, 0.02, 0.05, -0.01, 0.03)
     interior = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
-    ours = warp(volume[None], deformation_field(shape, rotation, scale, shear)[None])[0]
+    ours = warp(volume[None], smooth_deformation_field(shape, rotation, scale, shear)[None])[0]
     monai_params = Affine(rotate_params=[math.radians(r) for r in rotation], scale_params=scale, shear_params=shear,
                           padding_mode="zeros", image_only=True)(volume)
     torch.testing.assert_close(ours[interior], monai_params.as_tensor()[interior], atol=1e-4, rtol=0)  # measured 1.5e-6
     translation = (3.0, -2.0, 4.5)
     matrix = np.eye(4)
     matrix[:3, :3], matrix[:3, 3] = affine_matrix(rotation, scale, shear), translation
-    ours = warp(volume[None], deformation_field(shape, rotation, scale, shear, translation)[None])[0]
+    ours = warp(volume[None], smooth_deformation_field(shape, rotation, scale, shear, translation)[None])[0]
     monai_matrix = Affine(affine=torch.as_tensor(matrix), padding_mode="zeros", image_only=True)(volume)
     torch.testing.assert_close(ours[interior], monai_matrix.as_tensor()[interior], atol=1e-4, rtol=0)
 
@@ -164,14 +166,16 @@ def test_bspline_term_reproduces_constant_displacements():
     shape, spacing = (33, 20, 41), 8
     grid = control_grid_shape(shape, spacing)
     constant = torch.tensor([1.5, -2.0, 0.5]).view(3, 1, 1, 1).expand(3, *grid)
-    torch.testing.assert_close(deformation_field(shape, control_displacements=constant, control_spacing=spacing),
-                               constant[:, :1, :1, :1].expand(3, *shape), atol=1e-5, rtol=0)
-    rotated = deformation_field(shape, rotation=(0, 0, 90), control_displacements=constant, control_spacing=spacing)
+    field = smooth_deformation_field(shape, control_displacements=constant, control_spacing=spacing)
+    torch.testing.assert_close(field, constant[:, :1, :1, :1].expand(3, *shape), atol=1e-5, rtol=0)
+    rotated = smooth_deformation_field(
+        shape, rotation=(0, 0, 90), control_displacements=constant, control_spacing=spacing
+    )
     moved = torch.as_tensor(affine_matrix((0, 0, 90)), dtype=torch.float32) @ constant[:, 0, 0, 0]  # A u
-    expected = deformation_field(shape, rotation=(0, 0, 90)) + moved.view(3, 1, 1, 1)
+    expected = smooth_deformation_field(shape, rotation=(0, 0, 90)) + moved.view(3, 1, 1, 1)
     torch.testing.assert_close(rotated, expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="control_displacements must have shape"):
-        deformation_field(shape, control_displacements=torch.zeros(3, 2, 2, 2), control_spacing=spacing)
+        smooth_deformation_field(shape, control_displacements=torch.zeros(3, 2, 2, 2), control_spacing=spacing)
 
 
 def test_fraction_within_reach():

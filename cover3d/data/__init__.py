@@ -1,16 +1,18 @@
 """Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks."""
 
-from cover3d.data.readers import SimpleITKReader, VOLUME_SUFFIXES, dicom_series_files, volume_suffix
-from cover3d.data.checks import preflight_check
+from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
 from cover3d.data.datalist import find_volumes, load_datalist, make_datalist
+from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
 
 __all__ = [
-    "SimpleITKReader",
     "VOLUME_SUFFIXES",
+    "SimpleITKReader",
     "dicom_series_files",
     "find_volumes",
+    "label_shape_problem",
     "load_datalist",
     "make_datalist",
     "preflight_check",
+    "volume_problems",
     "volume_suffix",
 ]

@@ -1,4 +1,5 @@
-"""Pre-flight check of a whole datalist: every bad file reported at once, before training starts."""
+"""Volume checks: shared by ``CheckVolumed`` (transform chain) and :func:`preflight_check` (whole datalist,
+every bad file reported at once before training starts)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,45 @@ from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 
 from cover3d.data.readers import SimpleITKReader
-from cover3d.transforms.validate import label_shape_problem, volume_problems
 
-__all__ = ["preflight_check"]
+__all__ = ["label_shape_problem", "preflight_check", "volume_problems"]
+
+
+def volume_problems(volume: torch.Tensor, name: str, channels: int = 1, is_label: bool = False) -> list[str]:
+    """Problems of one channel-first volume (C, X, Y, Z), each as ``"<name>: <problem>"``; empty if it is valid.
+
+    Checks: 3 spatial dimensions, ``channels`` channels, at least one voxel, only finite values and, for
+    images (not labels), not a constant volume (which intensity normalisation cannot scale).
+    """
+    volume = torch.as_tensor(volume)
+    shape = tuple(volume.shape)
+    problems = []
+    if volume.ndim != 4:
+        problems.append(f"has {volume.ndim - 1} spatial dimensions, expected 3 (channel-first shape {shape})")
+    elif shape[0] != channels:
+        problems.append(
+            f"has {shape[0]} channels, expected {channels} (channel-first shape {shape}; "
+            "a 4D file such as a time series or a multi-channel image gives one channel per volume)"
+        )
+    if volume.numel() == 0:
+        return [f"{name}: {p}" for p in problems + [f"is empty (shape {shape})"]]
+    if volume.is_floating_point():
+        non_finite = int((~torch.isfinite(volume)).sum())
+        if non_finite:
+            problems.append(f"has {non_finite} non-finite (NaN/Inf) values out of {volume.numel()}")
+    if not is_label and not problems and bool(volume.min() == volume.max()):
+        problems.append(f"is constant (every voxel is {volume.min().item()})")
+    return [f"{name}: {p}" for p in problems]
+
+
+def label_shape_problem(image: torch.Tensor, image_name: str, label: torch.Tensor, label_name: str) -> str | None:
+    """A message naming both files when the label's spatial shape differs from the image's, else None."""
+    image_shape, label_shape = tuple(image.shape[1:]), tuple(label.shape[1:])
+    if image_shape == label_shape:
+        return None
+    return (
+        f"{label_name}: label spatial shape {label_shape} differs from image {image_name} spatial shape {image_shape}"
+    )
 
 
 def preflight_check(
@@ -60,7 +97,7 @@ def preflight_check(
                 continue
             try:
                 volume = loader(paths if len(paths) > 1 else paths[0])
-            except Exception as e:  # any reader failure is reported as "unreadable", with the reader's reason
+            except Exception as e:  # noqa: BLE001 - readers raise many types; each is reported as "unreadable"
                 problems.append(f"{name}: unreadable ({_first_line(e)})")
                 continue
             is_label = key in label_keys
@@ -74,7 +111,9 @@ def preflight_check(
     if problems or missing:
         error = ValueError if problems else FileNotFoundError
         lines = missing + problems
-        raise error(f"pre-flight check found {len(lines)} problem(s) in {len(datalist)} entries:\n  " + "\n  ".join(lines))
+        raise error(
+            f"pre-flight check found {len(lines)} problem(s) in {len(datalist)} entries:\n  " + "\n  ".join(lines)
+        )
 
 
 def _first_line(error: Exception) -> str:

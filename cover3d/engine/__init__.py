@@ -1,0 +1,18 @@
+from cover3d.engine.bundle import locate_bundle
+from cover3d.engine.checkpoints import AtomicCheckpointSaver, ResumeFromLatest, latest_checkpoint, save_atomic
+from cover3d.engine.trainer import CoverTrainer, prepare_pair_batch, scalar_outputs
+from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CoverTrainer",
+    "FieldValidation",
+    "ResumeFromLatest",
+    "field_accuracy",
+    "fixed_pairs",
+    "latest_checkpoint",
+    "locate_bundle",
+    "prepare_pair_batch",
+    "save_atomic",
+    "scalar_outputs",
+]

@@ -1,0 +1,19 @@
+from cover3d.transforms.appearance import appearance_augmentation
+from cover3d.transforms.deformation import RandDeformationField, affine_matrix, smooth_deformation_field
+from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, fraction_within_reach
+from cover3d.transforms.presets import ct_preprocessing, mri_preprocessing
+from cover3d.transforms.validate import CheckVolumed
+
+__all__ = [
+    "CheckVolumed",
+    "CoverPair",
+    "CoverPaird",
+    "PairSample",
+    "RandDeformationField",
+    "appearance_augmentation",
+    "ct_preprocessing",
+    "fraction_within_reach",
+    "mri_preprocessing",
+    "affine_matrix",
+    "smooth_deformation_field",
+]

@@ -17,7 +17,7 @@ from monai.transforms import Randomizable
 from monai.transforms.utils import create_rotate, create_scale, create_shear
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["affine_matrix", "control_grid_shape", "deformation_field", "RandDeformationField"]
+__all__ = ["affine_matrix", "control_grid_shape", "smooth_deformation_field", "RandDeformationField"]
 
 
 def affine_matrix(
@@ -53,7 +53,7 @@ def _bspline_weights(size: int, num_control: int, spacing: int, device, dtype) -
     return torch.where(t < 1, inner, outer)
 
 
-def deformation_field(
+def smooth_deformation_field(
     spatial_size: Sequence[int],
     rotation: Sequence[float] = (0.0, 0.0, 0.0),
     scale: Sequence[float] = (1.0, 1.0, 1.0),
@@ -157,7 +157,7 @@ class RandDeformationField(Randomizable):
         if randomize:
             self.randomize(spatial_size)
         control = self.control_displacements
-        return deformation_field(
+        return smooth_deformation_field(
             spatial_size,
             rotation=self.rotation,
             scale=self.scale,

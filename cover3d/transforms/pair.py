@@ -116,7 +116,7 @@ class CoverPair(Randomizable, Transform):
         ddf = self.deformation(self.patch_size, device=image.device, randomize=False)
         image_b = self._sample(context, ddf)
         window = tuple(slice(o, o + p) for o, p in zip(self.offset, self.patch_size))
-        image_a = self.appearance(context[(slice(None), *window)].clone())  # clone: MONAI may edit numpy views in place
+        image_a = self.appearance(context[(slice(None), *window)].clone())  # clone: RandCoarseDropout edits in place
         image_a = convert_to_tensor(image_a, dtype=torch.float32, track_meta=False)
         return PairSample(image_a=image_a, image_b=image_b, ddf=ddf, mask=self._mask(ddf))
 

@@ -47,18 +47,22 @@ def ct_preprocessing(
         label_keys: label keys, resampled with nearest neighbour and cropped with the images.
         pixdim: output voxel size in mm (x, y, z).
         hu_window: (low, high) HU mapped to 0 and 1; values outside are clipped.
-        foreground_hu: voxels above this HU (of the first image key) define the foreground crop box.
+        foreground_hu: voxels above this HU (and above the window's low end) of the first image key define
+            the foreground crop box.
         margin: voxels kept around the foreground box (int or one per axis).
         channels: expected channel count of each image (checked right after loading).
     """
     low, high = hu_window
     if not high > low:
         raise ValueError(f"hu_window must be (low, high) with high > low, got {hu_window}")
+    if not foreground_hu < high:
+        raise ValueError(f"foreground_hu ({foreground_hu}) must be below the top of hu_window {hu_window}")
     keys = ensure_tuple(keys)
+    threshold = max(0.0, (foreground_hu - low) / (high - low))  # in the windowed [0, 1] scale
     return [
         *_load_check_resample(keys, ensure_tuple(label_keys), pixdim, channels),
         ScaleIntensityRanged(keys, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-        *_crop_to_float(keys, ensure_tuple(label_keys), (foreground_hu - low) / (high - low), margin),
+        *_crop_to_float(keys, ensure_tuple(label_keys), threshold, margin),
     ]
 
 
@@ -78,25 +82,27 @@ def mri_preprocessing(
         label_keys: label keys, resampled with nearest neighbour and cropped with the images.
         pixdim: output voxel size in mm (x, y, z).
         percentiles: (low, high) percentiles of each channel mapped to 0 and 1; values outside are clipped.
-        foreground_threshold: voxels above this normalised intensity (of the first image key) define the
-            foreground crop box.
+        foreground_threshold: voxels above this normalised intensity (in [0, 1)) of the first image key
+            define the foreground crop box.
         margin: voxels kept around the foreground box (int or one per axis).
         channels: expected channel count of each image (checked right after loading).
     """
     low, high = percentiles
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {percentiles}")
+    if not 0.0 <= foreground_threshold < 1.0:
+        raise ValueError(f"foreground_threshold must be in [0, 1), got {foreground_threshold}")
     keys = ensure_tuple(keys)
     return [
         *_load_check_resample(keys, ensure_tuple(label_keys), pixdim, channels),
-        ScaleIntensityRangePercentilesd(keys, lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True, channel_wise=True),
+        ScaleIntensityRangePercentilesd(
+            keys, lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True, channel_wise=True
+        ),
         *_crop_to_float(keys, ensure_tuple(label_keys), foreground_threshold, margin),
     ]
 
 
-def _load_check_resample(
-    keys: tuple, label_keys: tuple, pixdim: Sequence[float], channels: int
-) -> list[MapTransform]:
+def _load_check_resample(keys: tuple, label_keys: tuple, pixdim: Sequence[float], channels: int) -> list[MapTransform]:
     """Load (NibabelReader for NIfTI, SimpleITKReader for NRRD/MHA/MHD/DICOM), check, orient to RAS, resample."""
     all_keys = keys + label_keys
     load = LoadImaged(all_keys, image_only=True, ensure_channel_first=True)
@@ -110,9 +116,7 @@ def _load_check_resample(
     ]
 
 
-def _crop_to_float(
-    keys: tuple, label_keys: tuple, threshold: float, margin: int | Sequence[int]
-) -> list[MapTransform]:
+def _crop_to_float(keys: tuple, label_keys: tuple, threshold: float, margin: int | Sequence[int]) -> list[MapTransform]:
     """Crop all keys to the box of first-image voxels above ``threshold`` (+ margin); cast to float32."""
     all_keys = keys + label_keys
     select = partial(_above, threshold=threshold)  # a partial, not a lambda, so the chain stays picklable

@@ -1,7 +1,6 @@
-"""Early input validation: clear errors naming the file and the problem, before any resampling or training.
+"""Early input validation in a transform chain: clear errors naming the file and the problem.
 
-The check functions are shared by :class:`CheckVolumed` (in a transform chain) and
-``cover3d.data.preflight_check`` (over a whole datalist before training).
+The checks themselves live in ``cover3d.data.checks``, shared with ``preflight_check`` (whole datalist).
 """
 
 from __future__ import annotations
@@ -14,7 +13,9 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, ensure_tuple
 
-__all__ = ["CheckVolumed", "label_shape_problem", "source_name", "volume_problems"]
+from cover3d.data.checks import label_shape_problem, volume_problems
+
+__all__ = ["CheckVolumed", "source_name"]
 
 
 def source_name(volume: torch.Tensor, key: Hashable = "") -> str:
@@ -22,41 +23,6 @@ def source_name(volume: torch.Tensor, key: Hashable = "") -> str:
     if isinstance(volume, MetaTensor) and ImageMetaKey.FILENAME_OR_OBJ in volume.meta:
         return str(volume.meta[ImageMetaKey.FILENAME_OR_OBJ])
     return f"<'{key}': no file name in meta>"
-
-
-def volume_problems(volume: torch.Tensor, name: str, channels: int = 1, is_label: bool = False) -> list[str]:
-    """Problems of one channel-first volume (C, X, Y, Z), each as ``"<name>: <problem>"``; empty if it is valid.
-
-    Checks: 3 spatial dimensions, ``channels`` channels, at least one voxel, only finite values and, for
-    images (not labels), not a constant volume (which intensity normalisation cannot scale).
-    """
-    volume = torch.as_tensor(volume)
-    shape = tuple(volume.shape)
-    problems = []
-    if volume.ndim != 4:
-        problems.append(f"has {volume.ndim - 1} spatial dimensions, expected 3 (channel-first shape {shape})")
-    elif shape[0] != channels:
-        problems.append(
-            f"has {shape[0]} channels, expected {channels} (channel-first shape {shape}; "
-            "a 4D file such as a time series or a multi-channel image gives one channel per volume)"
-        )
-    if volume.numel() == 0:
-        return [f"{name}: {p}" for p in problems + [f"is empty (shape {shape})"]]
-    if volume.is_floating_point():
-        non_finite = int((~torch.isfinite(volume)).sum())
-        if non_finite:
-            problems.append(f"has {non_finite} non-finite (NaN/Inf) values out of {volume.numel()}")
-    if not is_label and not problems and bool(volume.min() == volume.max()):
-        problems.append(f"is constant (every voxel is {volume.min().item()})")
-    return [f"{name}: {p}" for p in problems]
-
-
-def label_shape_problem(image: torch.Tensor, image_name: str, label: torch.Tensor, label_name: str) -> str | None:
-    """A message naming both files when the label's spatial shape differs from the image's, else None."""
-    image_shape, label_shape = tuple(image.shape[1:]), tuple(label.shape[1:])
-    if image_shape == label_shape:
-        return None
-    return f"{label_name}: label spatial shape {label_shape} differs from image {image_name} spatial shape {image_shape}"
 
 
 class CheckVolumed(MapTransform):

@@ -7,18 +7,26 @@ For every voxel ``p`` of view b and offsets ``o`` in ``{-r..r}^3``::
 per channel group (head); the group vectors are averaged (MVI). ``q`` are view b's features, ``k`` view a's
 (already warped) features, so ``x_b(p) ~ x_a(p + v(p))``: ``v`` is a backward displacement in voxels of the
 features' grid. Neighbours outside the volume are removed from the softmax (not scored as zero).
+
+Two implementations with the same result: :func:`vector_embedding` streams over the offsets and never stores the
+local cost volume (the default, see :mod:`cover3d.networks.blocks.veu_streaming`); :func:`vector_embedding_reference`
+materialises it (simple, for tests and benchmarks). Both compute logits and softmax in float32 (float64 inputs stay
+float64) with autocast disabled, so bf16/fp16 features under AMP do not degrade the soft-argmax.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["offset_template", "neighbour_valid", "vector_embedding_reference", "VectorEmbeddingUnit"]
+from cover3d.networks.blocks.veu_streaming import StreamingVectorEmbedding
+
+__all__ = ["offset_template", "neighbour_valid", "vector_embedding", "vector_embedding_reference", "VectorEmbeddingUnit"]
 
 
 def offset_template(radius: int, spatial_dims: int = 3, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -48,6 +56,26 @@ def _check_inputs(query: torch.Tensor, key: torch.Tensor, groups: int) -> None:
         raise ValueError(f"channels ({query.shape[1]}) must be divisible by groups ({groups})")
 
 
+def _full_precision(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both inputs as float32 (float64 kept, for gradcheck)."""
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    return query.to(dtype), key.to(dtype)
+
+
+def _autocast_off(device: torch.device):
+    """Context disabling autocast on ``device`` (a no-op context where autocast does not exist)."""
+    return torch.autocast(device.type, enabled=False) if torch.amp.is_autocast_available(device.type) else nullcontext()
+
+
+def vector_embedding(query: torch.Tensor, key: torch.Tensor, radius: int, groups: int = 1) -> torch.Tensor:
+    """Streaming VEU + MVI: same inputs and result as :func:`vector_embedding_reference`, with O(groups * voxels)
+    extra memory instead of O(window^d * groups * voxels); gradients recompute each offset's probability."""
+    _check_inputs(query, key, groups)
+    offsets = [tuple(o) for o in offset_template(radius, query.ndim - 2).long().tolist()]
+    with _autocast_off(query.device):
+        return StreamingVectorEmbedding.apply(*_full_precision(query, key), offsets, groups)
+
+
 def vector_embedding_reference(query: torch.Tensor, key: torch.Tensor, radius: int, groups: int = 1) -> torch.Tensor:
     """Reference VEU + MVI that materialises the full local cost volume (simple and obviously right; for tests).
 
@@ -58,15 +86,21 @@ def vector_embedding_reference(query: torch.Tensor, key: torch.Tensor, radius: i
         groups: number of channel groups J (MVI); ``C % J == 0``.
 
     Returns:
-        ``(B, len(S), *S)`` float32 displacement in voxels of this grid, averaged over the J groups.
+        ``(B, len(S), *S)`` float32 (float64 for float64 inputs) displacement in voxels of this grid, averaged over
+        the J groups.
     """
     _check_inputs(query, key, groups)
+    with _autocast_off(query.device):
+        return _reference(*_full_precision(query, key), radius, groups)
+
+
+def _reference(query: torch.Tensor, key: torch.Tensor, radius: int, groups: int) -> torch.Tensor:
     b, c, *spatial = query.shape
     nd = len(spatial)
     head = c // groups
-    q = query.float().reshape(b, groups, head, *spatial)
-    k = F.pad(key.float(), (radius, radius) * nd).reshape(b, groups, head, *[n + 2 * radius for n in spatial])
-    offsets = offset_template(radius, nd, device=query.device)
+    q = query.reshape(b, groups, head, *spatial)
+    k = F.pad(key, (radius, radius) * nd).reshape(b, groups, head, *[n + 2 * radius for n in spatial])
+    offsets = offset_template(radius, nd, device=query.device, dtype=query.dtype)
     logits = []
     for o in offsets.long().tolist():
         window = tuple(slice(radius + oi, radius + oi + n) for oi, n in zip(o, spatial))
@@ -83,17 +117,24 @@ class VectorEmbeddingUnit(nn.Module):
     Args:
         radius: window radius r.
         groups: channel groups J whose vectors are averaged.
+        impl: ``"streaming"`` (:func:`vector_embedding`, default) or ``"reference"``
+            (:func:`vector_embedding_reference`, stores the cost volume; for tests and benchmarks).
     """
 
-    def __init__(self, radius: int, groups: int = 1) -> None:
+    IMPLEMENTATIONS = {"streaming": vector_embedding, "reference": vector_embedding_reference}
+
+    def __init__(self, radius: int, groups: int = 1, impl: str = "streaming") -> None:
         super().__init__()
         if radius < 1 or groups < 1:
             raise ValueError(f"radius and groups must be >= 1, got radius={radius}, groups={groups}")
+        if impl not in self.IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {sorted(self.IMPLEMENTATIONS)}, got {impl!r}")
         self.radius = radius
         self.groups = groups
+        self.impl = impl
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        return vector_embedding_reference(query, key, self.radius, self.groups)
+        return self.IMPLEMENTATIONS[self.impl](query, key, self.radius, self.groups)
 
     def extra_repr(self) -> str:
-        return f"radius={self.radius}, groups={self.groups}"
+        return f"radius={self.radius}, groups={self.groups}, impl={self.impl!r}"
