@@ -1,7 +1,7 @@
 from cover3d.engine.bundle import locate_bundle
 from cover3d.engine.checkpoints import AtomicCheckpointSaver, ResumeFromLatest, latest_checkpoint, save_atomic
 from cover3d.engine.trainer import CoverTrainer, prepare_pair_batch, scalar_outputs
-from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs
+from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -13,6 +13,7 @@ __all__ = [
     "latest_checkpoint",
     "locate_bundle",
     "prepare_pair_batch",
+    "report_field_accuracy",
     "save_atomic",
     "scalar_outputs",
 ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
@@ -12,7 +15,7 @@ from monai.transforms import Randomizable
 
 from cover3d.metrics import endpoint_error
 
-__all__ = ["fixed_pairs", "field_accuracy", "FieldValidation"]
+__all__ = ["fixed_pairs", "field_accuracy", "report_field_accuracy", "FieldValidation"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,17 @@ def field_accuracy(
         identity.append(endpoint_error(torch.zeros_like(ddf), ddf, mask))
     network.train(was_training)
     return {"epe": torch.cat(epe).mean().item(), "epe_identity": torch.cat(identity).mean().item()}
+
+
+def report_field_accuracy(
+    network: torch.nn.Module, pairs: Sequence[Mapping], output_file: str | os.PathLike, amp: bool = False
+) -> dict[str, float]:
+    """:func:`field_accuracy` plus the number of pairs, logged and written as JSON to ``output_file``."""
+    result = {**field_accuracy(network, pairs, amp=amp), "pairs": len(pairs)}
+    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(output_file).write_text(json.dumps(result, indent=2))
+    logger.info(f"field accuracy on {len(pairs)} pairs: EPE {result['epe']:.3f} vox, identity {result['epe_identity']:.3f} vox")
+    return result
 
 
 class FieldValidation:

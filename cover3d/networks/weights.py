@@ -22,7 +22,7 @@ from monai.networks.utils import copy_model_state
 from torch import nn
 
 __all__ = [
-    "METADATA_KEY",
+    "METADATA_KEYS",
     "WeightLoadReport",
     "load_pretrained_weights",
     "pretraining_metadata",
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "network.")
 # keys under which checkpoint dicts commonly hold the network's state dict (MONAI CheckpointSaver uses "network")
 CHECKPOINT_KEYS = ("network", "model", "state_dict", "model_state_dict", "net")
-# key of the block in a pretraining bundle's metadata.json that describes how to reuse its weights
-METADATA_KEY = "cover3d_weights"
+# blocks of a pretraining bundle's metadata.json that describe how to reuse its weights
+METADATA_KEYS = ("preprocessing", "pretraining")
 
 
 @dataclass
@@ -53,7 +53,8 @@ class WeightLoadReport:
         unexpected: source keys (wrapper prefixes stripped) that match no target key, e.g. the pretraining pyramid.
         backbone_fraction: fraction of the target backbone's tensors that were loaded.
         prefixes: (source prefix removed, target prefix added) used to align the key names.
-        metadata: the ``cover3d_weights`` block of the pretraining bundle's metadata.json, when found.
+        metadata: the ``preprocessing`` and ``pretraining`` blocks of the pretraining bundle's metadata.json, when
+            found next to the weights file.
     """
 
     source: str
@@ -89,7 +90,7 @@ class WeightLoadReport:
         if self.unexpected:
             lines.append(f"  source tensors not used ({len(self.unexpected)}): {names(self.unexpected)}")
         if self.metadata:
-            lines.append(f"  pretraining settings: {json.dumps(self.metadata.get('input', {}))}")
+            lines.append(f"  pretraining settings (bundle metadata): {json.dumps(self.metadata)}")
         return "\n".join(lines)
 
 
@@ -193,20 +194,27 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
-    """The ``cover3d_weights`` block of the bundle ``metadata.json`` next to a weights file, or None.
+    """The ``preprocessing``/``pretraining`` blocks of the bundle ``metadata.json`` next to a weights file, or None.
 
-    Looks in the weights file's folder and its parent (a bundle's ``models/model.pt`` has the bundle's
+    Looks in the weights file's folder, then its parent (a bundle's ``models/model.pt`` has the bundle's
     ``metadata.json`` one level up).
+
+    Raises:
+        ValueError: the metadata file found is not a JSON object.
     """
     folder = Path(weights).resolve().parent
     for candidate in (folder / "metadata.json", folder.parent / "metadata.json"):
-        if candidate.is_file():
-            try:
-                block = json.loads(candidate.read_text()).get(METADATA_KEY)
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-                raise ValueError(f"bundle metadata {candidate} is not a JSON object: {e}") from e
-            if block is not None:
-                return block
+        if not candidate.is_file():
+            continue
+        try:
+            content = json.loads(candidate.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
+        if not isinstance(content, dict):
+            raise ValueError(f"bundle metadata {candidate} is not a JSON object")
+        blocks = {key: content[key] for key in METADATA_KEYS if key in content}
+        if blocks:
+            return blocks
     return None
 
 
@@ -301,7 +309,7 @@ def _backbone_fraction(network: nn.Module, target: Mapping[str, torch.Tensor], l
 
 def _mismatch_hint(network: nn.Module, report: WeightLoadReport) -> str:
     """A sentence comparing the target backbone's widths with the pretraining metadata, or a generic hint."""
-    pretrained = (report.metadata or {}).get("backbone", {}).get("channels")
+    pretrained = (report.metadata or {}).get("pretraining", {}).get("backbone_channels")
     mine = getattr(getattr(network, "backbone", network), "channels", None)
     if pretrained is not None and mine is not None and list(mine) != list(pretrained):
         return f" The backbone widths differ: channels={list(pretrained)} pretrained vs {list(mine)} in this network."

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.utils import ensure_tuple_rep
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cover3d.fields import compose_fields, upsample_field, warp
 from cover3d.networks.blocks.veu import VectorEmbeddingUnit
@@ -31,6 +33,10 @@ class VectorPyramid(nn.Module):
         radii: VEU radius per level, coarse to fine.
         groups: MVI groups J per level, coarse to fine.
         channels_per_group: projected channels per group (head dim); level width = J * channels_per_group.
+        veu_impl: VEU implementation, ``"streaming"`` (default) or ``"reference"`` (see :class:`VectorEmbeddingUnit`).
+        checkpoint_levels: recompute a level (projection, warp, VEU, composition) in the backward pass instead of
+            storing its activations (``torch.utils.checkpoint``, non-reentrant): one bool for all levels or one per
+            level, coarse to fine. Same results, less memory, one more forward of the level.
     """
 
     def __init__(
@@ -39,6 +45,8 @@ class VectorPyramid(nn.Module):
         radii: Sequence[int] = (2, 2, 2, 1, 1),
         groups: Sequence[int] = (4, 4, 4, 1, 1),
         channels_per_group: int = 8,
+        veu_impl: str = "streaming",
+        checkpoint_levels: bool | Sequence[bool] = False,
     ) -> None:
         super().__init__()
         if not len(in_channels) == len(radii) == len(groups):
@@ -47,11 +55,12 @@ class VectorPyramid(nn.Module):
             )
         self.radii = tuple(int(r) for r in radii)
         self.groups = tuple(int(g) for g in groups)
+        self.checkpoint_levels = tuple(bool(c) for c in ensure_tuple_rep(checkpoint_levels, len(self.radii)))
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Conv3d(c, g * channels_per_group, kernel_size=1), nn.GroupNorm(g, g * channels_per_group))
             for c, g in zip(in_channels, self.groups)
         )
-        self.units = nn.ModuleList(VectorEmbeddingUnit(r, g) for r, g in zip(self.radii, self.groups))
+        self.units = nn.ModuleList(VectorEmbeddingUnit(r, g, veu_impl) for r, g in zip(self.radii, self.groups))
 
     @property
     def reach(self) -> int:
@@ -62,15 +71,23 @@ class VectorPyramid(nn.Module):
         each in voxels of its own level; the last is the full-resolution field."""
         if len(features_a) != len(self.units) or len(features_b) != len(self.units):
             raise ValueError(f"expected {len(self.units)} feature levels, got {len(features_a)} and {len(features_b)}")
-        fields = []
-        psi = None
-        for proj, unit, fa, fb in zip(self.projections, self.units, features_a, features_b):
-            key, query = proj(fa), proj(fb)
-            if psi is None:
-                psi = unit(query, key)
+        fields: list[torch.Tensor] = []
+        for level, (fa, fb) in enumerate(zip(features_a, features_b)):
+            inputs = (level, fa, fb) + ((fields[-1],) if fields else ())
+            if self.checkpoint_levels[level] and torch.is_grad_enabled():
+                fields.append(checkpoint(self._level, *inputs, use_reentrant=False))
             else:
-                psi_up = upsample_field(psi, 2)
-                residual = unit(query, warp(key, psi_up))
-                psi = compose_fields(psi_up, residual)
-            fields.append(psi)
+                fields.append(self._level(*inputs))
         return fields
+
+    def _level(
+        self, level: int, feature_a: torch.Tensor, feature_b: torch.Tensor, coarser: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Field at ``level`` from both views' features and the next coarser level's field (None at level 0)."""
+        unit = self.units[level]
+        key, query = self.projections[level](feature_a), self.projections[level](feature_b)
+        if coarser is None:
+            return unit(query, key)
+        psi_up = upsample_field(coarser, 2)
+        # warp in float32: under autocast the features may be bf16/fp16 and warp() casts the field to their dtype
+        return compose_fields(psi_up, unit(query, warp(key.float(), psi_up)))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cover3d.networks.blocks.pyramid import VectorPyramid
 from cover3d.networks.nets.backbone import UNetBackbone
@@ -23,6 +24,12 @@ class CoverNet(nn.Module):
         groups: MVI groups per level, coarse to fine.
         channels_per_group: projected channels per group.
         channels_per_norm_group: backbone GroupNorm group size.
+        veu_impl: ``"streaming"`` (default; never stores the local cost volume) or ``"reference"`` VEU.
+        checkpoint_levels: recompute pyramid levels in the backward pass instead of storing their activations; one
+            bool for all levels or one per level, coarse to fine (see :class:`VectorPyramid`).
+        checkpoint_backbone: run the backbone once per view under ``torch.utils.checkpoint`` (non-reentrant): only
+            the returned features are stored and each view's activations are recomputed in the backward pass, so
+            the two views' activations are never held together (about one more backbone forward per view).
 
     ``forward(x)`` takes ``x`` ``(B, 2 * in_channels, D, H, W)``: view a's channels then view b's (sizes divisible
     by 16). In eval mode it returns the predicted field ``(B, 3, D, H, W)`` in voxels (``x_b ~ warp(x_a, field)``).
@@ -39,11 +46,17 @@ class CoverNet(nn.Module):
         groups: Sequence[int] = (4, 4, 4, 1, 1),
         channels_per_group: int = 8,
         channels_per_norm_group: int = 8,
+        veu_impl: str = "streaming",
+        checkpoint_levels: bool | Sequence[bool] = False,
+        checkpoint_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.checkpoint_backbone = checkpoint_backbone
         self.backbone = UNetBackbone(3, in_channels, channels, channels_per_norm_group)
-        self.pyramid = VectorPyramid(self.backbone.feature_channels, radii, groups, channels_per_group)
+        self.pyramid = VectorPyramid(
+            self.backbone.feature_channels, radii, groups, channels_per_group, veu_impl, checkpoint_levels
+        )
 
     @property
     def reach(self) -> int:
@@ -54,9 +67,13 @@ class CoverNet(nn.Module):
         if x.ndim != 5 or x.shape[1] != 2 * self.in_channels:
             raise ValueError(f"CoverNet expects (B, {2 * self.in_channels}, D, H, W) = [view a, view b], got {tuple(x.shape)}")
         view_a, view_b = x.split(self.in_channels, dim=1)
-        features = self.backbone(torch.cat([view_a, view_b], dim=0))  # one siamese pass over both views
-        features_a = [f[: x.shape[0]] for f in features]
-        features_b = [f[x.shape[0] :] for f in features]
+        if self.checkpoint_backbone and torch.is_grad_enabled():
+            features_a = checkpoint(self.backbone, view_a, use_reentrant=False)
+            features_b = checkpoint(self.backbone, view_b, use_reentrant=False)
+        else:
+            features = self.backbone(torch.cat([view_a, view_b], dim=0))  # one siamese pass over both views
+            features_a = [f[: x.shape[0]] for f in features]
+            features_b = [f[x.shape[0] :] for f in features]
         level_ddfs = self.pyramid(features_a, features_b)
         if not self.training:
             return level_ddfs[-1]

@@ -1,0 +1,160 @@
+"""Cost of one COVER pretraining step vs two forward+backward passes of the backbone alone.
+
+    python benchmarks/pretraining_step.py [--quick] [--patch 96] [--batch 1] [--reps 3] [--threads 1]
+
+Cases (each in a fresh subprocess, interleaved, medians over ``--reps``):
+
+- ``step``: ``CoverNet`` forward on both views + ``CoverLoss`` + backward + grad clipping (1.0) + ``AdamW`` step, as
+  the engine's iteration does (fp32; AMP is a CUDA option).
+- ``step, checkpoint_backbone``: the same with ``CoverNet(checkpoint_backbone=True)``.
+- ``step, checkpoint_levels``: the same with all pyramid levels checkpointed.
+- ``backbone x2``: ``net.backbone`` forward + backward on view a, then on view b (batch B each): the cost any
+  siamese pretraining pays at least. Its loss is the sum of the 5 feature means, so every decoder scale is used.
+- ``backbone pair``: one backbone forward + backward on both views stacked (batch 2B), i.e. both views' activations
+  held at once, as ``CoverNet`` does without backbone checkpointing.
+
+Time = wall time of one step after a warm-up step at 32^3 in the same process. Memory = peak (CPU: max RSS) minus
+the peak of a baseline child that only imports and allocates the inputs (views, field, mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _common import (  # noqa: E402
+    add_common_arguments,
+    child_main,
+    fmt_mib,
+    fmt_ratio,
+    fmt_s,
+    interleaved,
+    machine_line,
+    markdown_table,
+    synchronize,
+)
+
+DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
+REDUCED_CHANNELS = (16, 32, 64, 128, 256)
+
+
+def make_inputs(patch: int, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stacked views ``(B, 2, P, P, P)``, a smooth random field (|psi| <= ~4 voxels) and an all-valid mask."""
+    gen = torch.Generator().manual_seed(0)
+    views = torch.rand((batch, 2, patch, patch, patch), generator=gen)
+    coarse = torch.rand((batch, 3, 4, 4, 4), generator=gen) * 8 - 4
+    ddf = torch.nn.functional.interpolate(coarse, size=(patch,) * 3, mode="trilinear", align_corners=False)
+    mask = torch.ones((batch, 1, patch, patch, patch))
+    return views.to(device), ddf.to(device), mask.to(device)
+
+
+def build(case: dict, device: torch.device):
+    from cover3d.losses import CoverLoss
+    from cover3d.networks import CoverNet
+
+    torch.manual_seed(0)
+    net = CoverNet(
+        channels=tuple(case["channels"]),
+        checkpoint_backbone=case.get("checkpoint_backbone", False),
+        checkpoint_levels=case.get("checkpoint_levels", False),
+    ).to(device)
+    return net.train(), CoverLoss().to(device)
+
+
+def cover_step(net, loss_fn, optimizer, views, ddf, mask) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    terms = loss_fn(net(views), ddf, mask)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimizer.step()
+
+
+def backbone_passes(backbone, views: torch.Tensor, stacked: bool) -> None:
+    backbone.zero_grad(set_to_none=True)
+    inputs = [torch.cat(views.split(1, dim=1), dim=0)] if stacked else list(views.split(1, dim=1))
+    for x in inputs:
+        sum(f.mean() for f in backbone(x)).backward()
+
+
+def run_case(case: dict, device: torch.device) -> float | None:
+    views, ddf, mask = make_inputs(case["patch"], case["batch"], device)
+    if case["kind"] == "baseline":
+        return None
+    net, loss_fn = build(case, device)
+    small = [t[:, :, :32, :32, :32].contiguous() for t in (views, ddf, mask)]
+    if case["kind"] == "step":
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+        def run(v, d, m):
+            cover_step(net, loss_fn, optimizer, v, d, m)
+    else:
+
+        def run(v, d, m):
+            backbone_passes(net.backbone, v, stacked=case["kind"] == "backbone_pair")
+
+    run(*small)  # warm-up: lazy initialisation, optimizer state
+    synchronize(device)
+    start = time.perf_counter()
+    run(views, ddf, mask)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+CASES = {
+    "step": {"kind": "step"},
+    "step, checkpoint_backbone": {"kind": "step", "checkpoint_backbone": True},
+    "step, checkpoint_levels": {"kind": "step", "checkpoint_levels": True},
+    "backbone x2": {"kind": "backbone_x2"},
+    "backbone pair": {"kind": "backbone_pair"},
+}
+
+
+def measure(args: argparse.Namespace, channels: tuple[int, ...], reps: int) -> list[list[str]]:
+    common = {"patch": args.patch, "batch": args.batch, "channels": channels, "device": args.device, "threads": args.threads}
+    cases = {name: {**common, **spec} for name, spec in CASES.items()}
+    print(f"channels {channels}: baseline + {len(cases)} cases x {reps} reps", flush=True)
+    baseline = interleaved(__file__, {"baseline": {**common, "kind": "baseline"}}, 1)["baseline"]
+    results = interleaved(__file__, cases, reps)
+    ref = results["backbone x2"]
+    rows = []
+    for name, res in results.items():
+        if "error" in res:
+            rows.append([name, str(channels), "-", "-", "-", "-", res["error"]])
+            continue
+        extra = res["peak_bytes"] - baseline["peak_bytes"]
+        ref_extra = ref["peak_bytes"] - baseline["peak_bytes"] if "error" not in ref else None
+        time_ratio = res["seconds"] / ref["seconds"] if "error" not in ref else None
+        mem_ratio = extra / ref_extra if ref_extra else None
+        runs = ", ".join(fmt_s(r["seconds"]) for r in res["runs"])
+        rows.append([name, str(channels), fmt_s(res["seconds"]), fmt_ratio(time_ratio), fmt_mib(extra), fmt_ratio(mem_ratio), runs])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--patch", type=int, default=None, help="cubic patch (default 96; 64 with --quick)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--reduced", action="store_true", help=f"also measure widths {REDUCED_CHANNELS}")
+    args = parser.parse_args()
+    if args.child:
+        child_main(json.loads(args.child), run_case)
+        return
+    args.patch = args.patch or (64 if args.quick else 96)
+    reps = args.reps or (1 if args.quick else 3)
+    print(machine_line(args))
+    rows = measure(args, DEFAULT_CHANNELS, reps)
+    if args.reduced:
+        rows += measure(args, REDUCED_CHANNELS, reps)
+    print(f"\npretraining step vs backbone alone: patch {args.patch}^3, batch {args.batch}, medians of {reps}")
+    headers = ["case", "widths", "time s", "time / backbone x2", "extra peak MiB", "mem / backbone x2", "runs s"]
+    print(markdown_table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
