@@ -17,7 +17,7 @@ from cover3d.networks import CoverNet
 
 REPO = Path(__file__).resolve().parents[1]
 NET = ["--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"]
-TINY = ["--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs", "1",
+TINY = ["--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs", "1", "--log_interval", "1",
         "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]", *NET]  # fmt: skip
 
 

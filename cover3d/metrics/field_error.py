@@ -18,12 +18,12 @@ from cover3d.metrics.masked_reduction import Spacing, field_in_mm, masked_mean, 
 from cover3d.metrics.per_sample_metric import PerSampleMetric
 
 __all__ = [
-    "endpoint_error_map",
-    "endpoint_error",
-    "fraction_within_tolerance",
     "BinnedEndpointError",
-    "binned_endpoint_error",
     "EndPointErrorMetric",
+    "binned_endpoint_error",
+    "endpoint_error",
+    "endpoint_error_map",
+    "fraction_within_tolerance",
 ]
 
 
@@ -141,5 +141,5 @@ class EndPointErrorMetric(PerSampleMetric):
         self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         if not isinstance(y, torch.Tensor):
-            raise ValueError("EndPointErrorMetric needs the true field as y.")
+            raise TypeError("EndPointErrorMetric needs the true field as y (a tensor).")
         return endpoint_error(y_pred, y, mask, self.spacing, self.statistic)[:, None]

@@ -14,13 +14,15 @@ import torch
 from cover3d.fields import compose_fields
 from cover3d.metrics.masked_reduction import Spacing, field_in_mm, masked_mean, valid_voxels
 
-__all__ = ["inverse_consistency_map", "inverse_consistency_error"]
+__all__ = ["inverse_consistency_error", "inverse_consistency_map"]
 
 
 def inverse_consistency_map(psi_ab: torch.Tensor, psi_ba: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Per-voxel ``|psi_ab(p) + psi_ba(p + psi_ab(p))|``, ``(B, 1, *S)``, in voxels or mm (with ``spacing``, mm per voxel per axis)."""
     if psi_ab.shape != psi_ba.shape:
-        raise ValueError(f"psi_ab and psi_ba must have the same shape, got {tuple(psi_ab.shape)} and {tuple(psi_ba.shape)}")
+        raise ValueError(
+            f"psi_ab and psi_ba must have the same shape, got {tuple(psi_ab.shape)} and {tuple(psi_ba.shape)}"
+        )
     residual = compose_fields(psi_ba, psi_ab)
     return torch.linalg.vector_norm(field_in_mm(residual, spacing), dim=1, keepdim=True)
 

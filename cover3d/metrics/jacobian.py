@@ -15,11 +15,11 @@ from cover3d.metrics.masked_reduction import masked_mean, valid_voxels
 from cover3d.metrics.per_sample_metric import PerSampleMetric
 
 __all__ = [
-    "jacobian_determinant",
-    "folding_fraction",
-    "log_jacobian_std",
     "FoldingFractionMetric",
     "LogJacobianStdMetric",
+    "folding_fraction",
+    "jacobian_determinant",
+    "log_jacobian_std",
 ]
 
 
@@ -33,7 +33,9 @@ def jacobian_determinant(ddf: torch.Tensor) -> torch.Tensor:
     check_field(ddf)
     n = ddf.shape[1]
     if min(ddf.shape[2:]) < 2:
-        raise ValueError(f"ddf needs at least 2 voxels along every spatial axis for differences, got {tuple(ddf.shape)}")
+        raise ValueError(
+            f"ddf needs at least 2 voxels along every spatial axis for differences, got {tuple(ddf.shape)}"
+        )
     spatial_dims = tuple(range(2, ddf.ndim))
     # grads[j][:, i] = d psi_i / d x_j; stack to (..., i, j) matrices.
     grads = torch.gradient(ddf, dim=spatial_dims, edge_order=1)

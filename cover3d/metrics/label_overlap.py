@@ -23,7 +23,9 @@ def warp_labels(labels: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
     Returns a tensor of ``labels``' dtype.
     """
     if labels.ndim != ddf.ndim or labels.shape[1] != 1:
-        raise ValueError(f"labels must have shape (B, 1, *spatial) matching ddf {tuple(ddf.shape)}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape (B, 1, *spatial) matching ddf {tuple(ddf.shape)}, got {tuple(labels.shape)}"
+        )
     # float32 holds integer labels exactly (< 2**24); nearest sampling never mixes values.
     warped = warp(labels.to(torch.float32), ddf.to(torch.float32), mode="nearest", padding_mode="zeros")
     return warped.round().to(labels.dtype)
@@ -45,11 +47,15 @@ def warped_label_dice(
     ``ignore_empty``), so averaging with ``nanmean`` skips it.
     """
     if labels_a.shape != labels_b.shape:
-        raise ValueError(f"labels_a and labels_b must have the same shape, got {tuple(labels_a.shape)} and {tuple(labels_b.shape)}")
+        raise ValueError(
+            f"labels_a and labels_b must have the same shape, got {tuple(labels_a.shape)} and {tuple(labels_b.shape)}"
+        )
     for name, labels in (("labels_a", labels_a), ("labels_b", labels_b)):
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{name} must hold integer classes in [0, {num_classes - 1}], got values in "
-                             f"[{labels.min().item()}, {labels.max().item()}]")
+            raise ValueError(
+                f"{name} must hold integer classes in [0, {num_classes - 1}], got values in "
+                f"[{labels.min().item()}, {labels.max().item()}]"
+            )
     warped = warp_labels(labels_a, ddf)
     valid = valid_voxels(warped, mask).to(torch.float32)
     pred = one_hot(warped.long(), num_classes) * valid

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Spacing", "valid_voxels", "masked_mean", "masked_median", "field_in_mm"]
+__all__ = ["Spacing", "field_in_mm", "masked_mean", "masked_median", "valid_voxels"]
 
 #: mm per voxel along the tensor's spatial axes: ``(N,)`` for the whole batch or ``(B, N)``; ``None`` = voxel units.
 Spacing = Sequence[float] | torch.Tensor | None
@@ -46,5 +46,7 @@ def field_in_mm(ddf: torch.Tensor, spacing: Spacing) -> torch.Tensor:
     n = ddf.shape[1]
     size = torch.as_tensor(spacing, dtype=ddf.dtype, device=ddf.device)
     if size.shape not in ((n,), (ddf.shape[0], n)):
-        raise ValueError(f"spacing must have shape ({n},) or ({ddf.shape[0]}, {n}) (mm per voxel per axis), got {tuple(size.shape)}")
+        raise ValueError(
+            f"spacing must have shape ({n},) or ({ddf.shape[0]}, {n}) (mm per voxel per axis), got {tuple(size.shape)}"
+        )
     return ddf * size.reshape(-1, n, *([1] * (ddf.ndim - 2)))

@@ -184,12 +184,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load {path}: it holds objects other than tensors and plain containers, which "
-            f"torch.load(weights_only=True) does not unpickle. Save plain state dicts. ({str(e).splitlines()[0]})"
-        ) from e
+        reason = _unpickler_reason(e)
+        if "Unsupported global" in reason:
+            raise ValueError(
+                f"refusing to load {path}: it holds objects other than tensors and plain containers, which "
+                f"torch.load(weights_only=True) does not unpickle ({reason}). Save plain state dicts."
+            ) from e
+        raise ValueError(f"cannot read weights file {path}: not a PyTorch checkpoint or corrupt ({reason})") from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read weights file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise ValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
     return _find_state_dict(content, str(path))
 
 
@@ -216,6 +219,16 @@ def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
         if blocks:
             return blocks
     return None
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The informative part of a ``torch.load`` error (torch's weights-only errors are paragraphs long)."""
+    text, marker = str(error), "WeightsUnpickler error:"
+    if marker in text:
+        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
+        return f"{marker} {detail.split('. ')[0]}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:

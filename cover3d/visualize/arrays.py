@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ArrayLike", "to_numpy", "as_volume", "as_field", "as_features", "in_plane_axes", "plane", "resolve_index"]
+__all__ = ["ArrayLike", "as_features", "as_field", "as_volume", "in_plane_axes", "plane", "resolve_index", "to_numpy"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -40,7 +40,9 @@ def as_volume(x: ArrayLike, name: str = "image") -> np.ndarray:
     """Scalar volume ``(D, H, W)``; leading size-1 dims (``(1, D, H, W)``, ``(1, 1, D, H, W)``) are dropped."""
     out = _drop_leading_ones(to_numpy(x, name), 3)
     if out.ndim != 3:
-        raise ValueError(f"{name} must be a 3D volume (D, H, W), optionally with leading size-1 dims, got {np.shape(x)}")
+        raise ValueError(
+            f"{name} must be a 3D volume (D, H, W), optionally with leading size-1 dims, got {np.shape(x)}"
+        )
     return out
 
 
@@ -56,7 +58,9 @@ def as_features(x: ArrayLike, name: str = "features") -> np.ndarray:
     """Voxel features ``(C, D, H, W)`` with ``C >= 3``; a leading batch dim of size 1 is dropped."""
     out = _drop_leading_ones(to_numpy(x, name), 4)
     if out.ndim != 4 or out.shape[0] < 3:
-        raise ValueError(f"{name} must be voxel features (C, D, H, W) or (1, C, D, H, W) with C >= 3, got {tuple(np.shape(x))}")
+        raise ValueError(
+            f"{name} must be voxel features (C, D, H, W) or (1, C, D, H, W) with C >= 3, got {tuple(np.shape(x))}"
+        )
     return out
 
 
@@ -70,6 +74,7 @@ def in_plane_axes(axis: int) -> tuple[int, int]:
 
 def resolve_index(shape: Sequence[int], axis: int, slice_index: int | None) -> int:
     """``slice_index`` checked against ``shape[axis]``; ``None`` gives the middle slice."""
+    in_plane_axes(axis)  # validates axis
     size = shape[axis]
     index = size // 2 if slice_index is None else int(slice_index)
     if not 0 <= index < size:
@@ -79,5 +84,4 @@ def resolve_index(shape: Sequence[int], axis: int, slice_index: int | None) -> i
 
 def plane(volume: np.ndarray, axis: int, slice_index: int | None) -> np.ndarray:
     """The ``(rows, columns, ...)`` plane of ``volume`` ``(D, H, W, ...)`` at ``slice_index`` along ``axis``."""
-    in_plane_axes(axis)
     return np.take(volume, resolve_index(volume.shape, axis, slice_index), axis=axis)

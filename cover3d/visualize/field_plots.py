@@ -44,8 +44,19 @@ def _frame(ax: Axes, shape: tuple[int, int], axis: int, title: str) -> None:
 
 def _draw_arrows(ax: Axes, d_row: np.ndarray, d_col: np.ndarray, step: int, arrow_scale: float, color: str) -> None:
     r, c = np.mgrid[step // 2 : d_row.shape[0] : step, step // 2 : d_row.shape[1] : step]
-    ax.quiver(c, r, d_col[r, c], d_row[r, c], color=color, angles="xy", scale_units="xy", scale=1 / arrow_scale,
-              width=0.006, headwidth=3.5, minlength=0)
+    ax.quiver(
+        c,
+        r,
+        d_col[r, c],
+        d_row[r, c],
+        color=color,
+        angles="xy",
+        scale_units="xy",
+        scale=1 / arrow_scale,
+        width=0.006,
+        headwidth=3.5,
+        minlength=0,
+    )
 
 
 def _draw_grid(ax: Axes, d_row: np.ndarray, d_col: np.ndarray, step: int) -> None:
@@ -80,17 +91,18 @@ def plot_field(
     index = resolve_index(field.shape[1:], axis, slice_index)
     d_row, d_col, magnitude = _plane_field(field, axis, index)
     if image is not None:
-        background, grey = plane(as_volume(image), axis, index), "gray"
-        if background.shape != magnitude.shape:
+        volume = as_volume(image)
+        if volume.shape != field.shape[1:]:
             raise ValueError(f"image must have the field's spatial shape {field.shape[1:]}, got {np.shape(image)}")
+        background, background_cmap = plane(volume, axis, index), "gray"
     else:
-        background, grey = magnitude, "viridis"
+        background, background_cmap = magnitude, "viridis"
     fig = Figure(figsize=(12, 7.5), layout="constrained")
     axes = fig.subplots(2, 3)
     where = f"axis {axis} = {index}"
     scale_note = "" if arrow_scale == 1 else f" (x{arrow_scale:g})"
     for ax in axes[0, :2]:
-        ax.imshow(background, cmap=grey, interpolation="nearest")
+        ax.imshow(background, cmap=background_cmap, interpolation="nearest")
     _draw_arrows(axes[0, 0], d_row, d_col, step, arrow_scale, "tab:red")
     _frame(axes[0, 0], magnitude.shape, axis, f"{where}: arrows p -> p + psi(p){scale_note}")
     _draw_grid(axes[0, 1], d_row, d_col, step)
@@ -126,7 +138,9 @@ def plot_field_comparison(
     _check_step(step, arrow_scale)
     fields = {"predicted": as_field(pred, "pred"), "true": as_field(target, "target")}
     if fields["predicted"].shape != fields["true"].shape:
-        raise ValueError(f"pred and target must have the same shape, got {fields['predicted'].shape} and {fields['true'].shape}")
+        raise ValueError(
+            f"pred and target must have the same shape, got {fields['predicted'].shape} and {fields['true'].shape}"
+        )
     shape = fields["true"].shape[1:]
     index = resolve_index(shape, axis, slice_index)
     valid = np.ones(shape, bool) if mask is None else as_volume(mask, "mask") > 0.5
@@ -144,7 +158,9 @@ def plot_field_comparison(
         _frame(ax, magnitude.shape, axis, f"{name} field, axis {axis} = {index}")
     fig.colorbar(shown, ax=list(axes[:2]), shrink=0.8, label="|psi| (voxels)")
     error_plane = np.ma.masked_where(~plane(valid, axis, index), plane(epe, axis, index))
-    shown = axes[2].imshow(error_plane, cmap=colormaps["magma"].with_extremes(bad="lightgrey"), vmin=0, interpolation="nearest")
+    shown = axes[2].imshow(
+        error_plane, cmap=colormaps["magma"].with_extremes(bad="lightgrey"), vmin=0, interpolation="nearest"
+    )
     stats = f"mean {epe[valid].mean():.3g}, median {np.median(epe[valid]):.3g}" if valid.any() else "no valid voxels"
     _frame(axes[2], error_plane.shape, axis, f"EPE ({unit}); volume {stats}")
     fig.colorbar(shown, ax=axes[2], shrink=0.8, label=f"EPE ({unit})")
@@ -172,8 +188,12 @@ def plot_jacobian(
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     map_ax, hist_ax = fig.subplots(1, 2)
     top = max(2.0, float(np.percentile(det[valid], 99.5)) if valid.any() else 2.0)
-    shown = map_ax.imshow(np.ma.masked_where(~valid_plane, det_plane), cmap=colormaps["RdBu_r"].with_extremes(bad="lightgrey"),
-                          norm=TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=top), interpolation="nearest")
+    shown = map_ax.imshow(
+        np.ma.masked_where(~valid_plane, det_plane),
+        cmap=colormaps["RdBu_r"].with_extremes(bad="lightgrey"),
+        norm=TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=top),
+        interpolation="nearest",
+    )
     fold_plane = np.ma.masked_where(~(valid_plane & (det_plane <= 0)), np.ones_like(det_plane))
     map_ax.imshow(fold_plane, cmap=ListedColormap(["lime"]), vmin=0, vmax=1, interpolation="nearest")
     fraction = folded.mean() if folded.size else float("nan")

@@ -38,7 +38,9 @@ def interactive_slices(plot: Callable[..., Figure], volume: Any, *args: Any, **k
     """
     parameters = inspect.signature(plot).parameters
     if not ("slice_indices" in parameters or {"axis", "slice_index"} <= parameters.keys()):
-        raise ValueError(f"interactive_slices: {getattr(plot, '__name__', plot)} takes neither slice_indices nor axis/slice_index")
+        raise ValueError(
+            f"interactive_slices: {getattr(plot, '__name__', plot)} takes neither slice_indices nor axis/slice_index"
+        )
     try:
         import ipywidgets
         from IPython.display import Image, display
@@ -56,8 +58,10 @@ def interactive_slices(plot: Callable[..., Figure], volume: Any, *args: Any, **k
 
     if "slice_indices" in parameters:
         start = kwargs.pop("slice_indices", None) or [s // 2 for s in shape]
-        sliders = [ipywidgets.IntSlider(value=int(start[a]), min=0, max=shape[a] - 1, description=f"axis {a}")
-                   for a in range(3)]
+        sliders = [
+            ipywidgets.IntSlider(value=int(start[a]), min=0, max=shape[a] - 1, description=f"axis {a}")
+            for a in range(3)
+        ]
 
         def on_change(_: Any = None) -> None:
             redraw(slice_indices=tuple(s.value for s in sliders))
@@ -67,8 +71,12 @@ def interactive_slices(plot: Callable[..., Figure], volume: Any, *args: Any, **k
         axis_start = int(kwargs.pop("axis", 0))
         index_start = kwargs.pop("slice_index", None)
         axis_choice = ipywidgets.Dropdown(options=[0, 1, 2], value=axis_start, description="axis")
-        index = ipywidgets.IntSlider(value=shape[axis_start] // 2 if index_start is None else int(index_start),
-                                     min=0, max=shape[axis_start] - 1, description="slice_index")
+        index = ipywidgets.IntSlider(
+            value=shape[axis_start] // 2 if index_start is None else int(index_start),
+            min=0,
+            max=shape[axis_start] - 1,
+            description="slice_index",
+        )
 
         def on_change(_: Any = None) -> None:
             index.max = shape[axis_choice.value] - 1

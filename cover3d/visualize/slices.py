@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from cover3d.visualize.arrays import ArrayLike, as_features, as_volume, in_plane_axes, plane, resolve_index
 
-__all__ = ["plot_orthogonal_slices", "feature_pca_rgb", "plot_feature_pca"]
+__all__ = ["feature_pca_rgb", "plot_feature_pca", "plot_orthogonal_slices"]
 
 
 def _named(volumes: ArrayLike | Mapping[str, ArrayLike], default: str) -> dict[str, ArrayLike]:
@@ -66,7 +66,9 @@ def feature_pca_rgb(features: Sequence[ArrayLike]) -> list[np.ndarray]:
     """
     arrays = [as_features(f, f"features[{i}]") for i, f in enumerate(features)]
     if not arrays or len({a.shape[0] for a in arrays}) != 1:
-        raise ValueError(f"features must be a non-empty list of (C, D, H, W) arrays with one C, got {[a.shape for a in arrays]}")
+        raise ValueError(
+            f"features must be a non-empty list of (C, D, H, W) arrays with one C, got {[a.shape for a in arrays]}"
+        )
     voxels = [a.reshape(a.shape[0], -1).T.astype(np.float64) for a in arrays]
     pooled = np.concatenate(voxels)
     centre = pooled.mean(0)

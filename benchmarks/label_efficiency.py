@@ -1,0 +1,287 @@
+"""Label efficiency: test Dice of segmentation fine-tuned from scratch vs from pretrained weights, same budget,
+for several numbers of labelled training volumes and several seeds.
+
+Every run is the ``cover_seg`` bundle run in this process: ``train.json`` + ``no_validation.json`` (fixed
+iteration budget, final weights, no validation data) on a subset of the pool, then ``evaluate.json`` on the
+test datalist. For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every
+mode trains on the same subset with the same seed, so modes are compared pair by pair. Runs already finished
+in ``--output`` are reused, so an interrupted protocol resumes where it stopped.
+
+Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder: models, runs, eval),
+``results.csv`` (one row per run), ``summary.csv`` (mean and std per mode and size), ``label_efficiency.png``,
+and the printed table.
+
+Example (the ~1 hour CPU setting on the left-atrium data, 2 mm voxels; run from the repository root)::
+
+    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \\
+        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
+        --pretrained-weights bundles/cover_mri/models/model.pt --sizes 2 4 8 all --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = {  # mode -> (uses the pretrained weights, backbone frozen)
+    "scratch": (False, False),
+    "pretrained": (True, False),
+    "probe": (True, True),
+}
+# seg-bundle overrides of the default CPU setting (the rest are bundles/cover_seg/train.json defaults):
+# one 96x96x32 window covers a whole 2 mm left-atrium volume, so evaluation is one forward pass per case.
+DEFAULT_SETTINGS = {"samples_per_volume": 1, "warmup_iterations": 8, "infer_roi_size": [96, 96, 32]}
+
+
+def parse_assignments(items: Sequence[str]) -> dict:
+    """``["key=value", ...]`` -> dict; values parsed as JSON when possible (``patch_size=[48,48,32]``), else strings."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def read_pool(path: str | Path, keys: Sequence[str]) -> list[dict]:
+    """Entries of lists ``keys`` of datalist ``path`` (paths unchanged, relative to the dataset folder)."""
+    content = json.loads(Path(path).read_text())
+    missing = [k for k in keys if not isinstance(content.get(k), list)]
+    if missing:
+        raise ValueError(f"datalist {path} has no list(s) {missing} (found: {sorted(content)})")
+    return [entry for key in keys for entry in content[key]]
+
+
+def subset_sizes(sizes: Sequence[str], pool_size: int) -> list[int]:
+    """Parse sizes (integers or ``all``) and check them against the pool."""
+    parsed = sorted({pool_size if s == "all" else int(s) for s in sizes})
+    if parsed[0] < 1 or parsed[-1] > pool_size:
+        raise ValueError(f"sizes must be in [1, {pool_size}] (the pool size) or 'all', got {list(sizes)}")
+    return parsed
+
+
+def nested_subset(pool: Sequence[dict], size: int, seed: int) -> list[dict]:
+    """The first ``size`` entries of the pool shuffled with ``seed`` (so smaller subsets are inside larger ones)."""
+    return random.Random(seed).sample(list(pool), len(pool))[:size]
+
+
+def read_metrics(eval_dir: Path) -> dict[str, float]:
+    """``metrics.csv`` written by MONAI's ``MetricsSaver`` (``name,value`` lines) as a dict."""
+    with open(eval_dir / "metrics.csv", newline="") as f:
+        return {row[0]: float(row[1]) for row in csv.reader(f) if row}
+
+
+def run_bundle(config_files: Sequence[Path], **overrides) -> None:
+    """``python -m monai.bundle run`` in this process (no re-import of torch/MONAI for each of the many runs)."""
+    from monai.bundle import run
+
+    bundle = Path(config_files[0]).parent
+    run(
+        config_file=[str(c) for c in config_files],
+        meta_file=str(bundle / "metadata.json"),
+        logging_file=str(bundle / "logging.conf"),
+        **overrides,
+    )
+
+
+def pretrain(
+    config: Path, output: Path, dataset_dir: str, pool: str, seg_settings: dict, overrides: dict
+) -> Path:
+    """Run a pretraining bundle (e.g. bundles/cover_mri/train.json) on the pool images; return its weights file.
+
+    Voxel size, widths and input channels are those of the segmentation runs (``seg_settings``), so the weights
+    fit the segmentation network and see the same voxels; ``overrides`` set everything else (epochs, ...).
+    """
+    weights = output / "models" / "model.pt"
+    if not weights.is_file():
+        shared = {k: seg_settings[k] for k in ("pixdim", "channels", "in_channels")}
+        run_bundle([config], bundle_root=str(output), dataset_dir=dataset_dir, datalist=pool, **{**shared, **overrides})
+    return weights
+
+
+def run_one(
+    bundle: Path, run_dir: Path, mode: str, subset: list[dict], seed: int, args: argparse.Namespace,
+    settings: dict, weights: Path | None,
+) -> dict:
+    """Train one mode on one subset and evaluate it on the test datalist (skipped when already evaluated)."""
+    uses_weights, frozen = MODES[mode]
+    if not (run_dir / "eval" / "metrics.csv").is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        datalist = run_dir / "datalist.json"
+        datalist.write_text(json.dumps({"training": subset}, indent=2) + "\n")
+        start = time.monotonic()
+        run_bundle(
+            [bundle / "train.json", bundle / "no_validation.json"],
+            bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=str(datalist), seed=seed,
+            pretrained_weights=str(weights) if uses_weights else None, freeze_backbone=frozen,
+            epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, **settings,
+        )
+        train_seconds = time.monotonic() - start
+        run_bundle(
+            [bundle / "evaluate.json"],
+            bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=args.test, eval_key=args.test_key,
+            **settings,
+        )
+        (run_dir / "train_seconds.txt").write_text(f"{train_seconds:.1f}\n")
+    metrics = read_metrics(run_dir / "eval")
+    seconds = run_dir / "train_seconds.txt"
+    return {
+        "mode": mode, "n_labelled": len(subset), "seed": seed,
+        "dice": metrics["dice"], "hd95_mm": metrics.get("hd95_mm", math.nan),
+        "train_seconds": float(seconds.read_text()) if seconds.is_file() else math.nan,
+    }
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Mean and sample std of Dice and HD95 per (mode, n_labelled)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["mode"], row["n_labelled"]), []).append(row)
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    summary = []
+    for (mode, n), group in sorted(groups.items(), key=lambda item: (item[0][1], list(MODES).index(item[0][0]))):
+        dice, dice_std = mean_std([r["dice"] for r in group])
+        hd, hd_std = mean_std([r["hd95_mm"] for r in group])
+        summary.append({"mode": mode, "n_labelled": n, "runs": len(group), "dice_mean": dice, "dice_std": dice_std,
+                        "hd95_mm_mean": hd, "hd95_mm_std": hd_std})
+    return summary
+
+
+def format_table(rows: Sequence[dict], modes: Sequence[str]) -> str:
+    """Dice mean +- std per size (rows) and mode (columns), plus the paired difference to scratch."""
+    by_key = {(r["mode"], r["n_labelled"], r["seed"]): r["dice"] for r in rows}
+    sizes = sorted({r["n_labelled"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    compared = [m for m in modes if m != "scratch"] if "scratch" in modes else []
+    header = ["n labelled"] + [f"{m} Dice" for m in modes] + [f"{m} - scratch" for m in compared]
+    lines = [header]
+
+    def cell(values: list[float], signed: bool = False) -> str:
+        if not values:
+            return "-"
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):{'+' if signed else ''}.3f} +- {std:.3f}"
+
+    for n in sizes:
+        line = [str(n)]
+        line += [cell([by_key[(m, n, s)] for s in seeds if (m, n, s) in by_key]) for m in modes]
+        line += [cell([by_key[(m, n, s)] - by_key[("scratch", n, s)] for s in seeds
+                       if (m, n, s) in by_key and ("scratch", n, s) in by_key], signed=True) for m in compared]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in lines)
+
+
+def plot(summary: Sequence[dict], path: Path, title: str) -> None:
+    """Dice (mean +- std over seeds) against the number of labelled volumes, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for mode in MODES:
+        points = [s for s in summary if s["mode"] == mode]
+        if points:
+            axis.errorbar([p["n_labelled"] for p in points], [p["dice_mean"] for p in points],
+                          yerr=[p["dice_std"] for p in points], marker="o", capsize=3, label=mode)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("labelled training volumes")
+    axis.set_ylabel("test Dice (mean +- std over seeds)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_csv(path: Path, rows: Sequence[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Run the protocol; return the per-run rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-dir", required=True, help="folder the datalist paths are relative to")
+    parser.add_argument("--pool", required=True, help="datalist of the labelled pool subsets are drawn from")
+    parser.add_argument("--pool-keys", nargs="+", default=["training", "validation"], help="lists forming the pool")
+    parser.add_argument("--test", required=True, help="datalist of the test cases")
+    parser.add_argument("--test-key", default="test", help="list of the test cases in --test")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained-weights", help="pretrained weights file (e.g. bundles/cover_mri/models/model.pt)")
+    weights.add_argument("--pretrain-config", help="pretraining bundle config to run first on the pool images "
+                         "(e.g. bundles/cover_mri/train.json); its weights are then used")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the pretraining bundle (e.g. epochs=50)")
+    parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "all"], help="numbers of labelled volumes")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--iterations-per-epoch", type=int, default=20, help="budget = epochs x this, for every run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "label_efficiency"))
+    args = parser.parse_args(argv)
+
+    needs_weights = any(MODES[m][0] for m in args.modes)
+    if needs_weights and not (args.pretrained_weights or args.pretrain_config):
+        parser.error(f"modes {args.modes} need --pretrained-weights or --pretrain-config")
+    settings = {**DEFAULT_SETTINGS, **parse_assignments(args.set)}
+    output, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
+    pool = read_pool(args.pool, args.pool_keys)
+    sizes = subset_sizes(args.sizes, len(pool))
+    weights_path = None
+    if args.pretrained_weights:
+        weights_path = Path(args.pretrained_weights).resolve()
+        if not weights_path.is_file():
+            parser.error(f"pretrained weights file not found: {weights_path}")
+    elif args.pretrain_config and needs_weights:
+        seg_defaults = json.loads((bundle / "train.json").read_text())
+        seg_settings = {k: settings.get(k, seg_defaults[k]) for k in ("pixdim", "channels", "in_channels")}
+        weights_path = pretrain(Path(args.pretrain_config).resolve(), output / "pretrain", args.dataset_dir,
+                                str(Path(args.pool).resolve()), seg_settings, parse_assignments(args.pretrain_set))
+
+    print(f"label efficiency: pool {len(pool)} volumes, sizes {sizes}, seeds {args.seeds}, modes {args.modes}; "
+          f"budget {args.epochs * args.iterations_per_epoch} iterations per run; settings {settings}")
+    rows = []
+    for seed in args.seeds:
+        for n in sizes:
+            subset = nested_subset(pool, n, seed)
+            for mode in args.modes:
+                rows.append(run_one(bundle, output / "runs" / f"{mode}_n{n}_seed{seed}", mode, subset, seed, args,
+                                    settings, weights_path))
+                print(f"  {mode:10s} n={n:3d} seed={seed}: Dice {rows[-1]['dice']:.4f}")
+    summary = summarise(rows)
+    write_csv(output / "results.csv", rows)
+    write_csv(output / "summary.csv", summary)
+    plot(summary, output / "label_efficiency.png", f"{Path(args.pool).stem} -> {Path(args.test).stem}")
+    print(format_table(rows, args.modes))
+    print(f"wrote {output / 'results.csv'}, {output / 'summary.csv'}, {output / 'label_efficiency.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

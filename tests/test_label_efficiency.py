@@ -1,0 +1,105 @@
+"""Label-efficiency protocol: subset drawing, summaries, and a tiny end-to-end run on synthetic volumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cover3d.networks.nets.cover import CoverNet
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import label_efficiency as le  # noqa: E402
+from test_seg_bundle import TINY_CHANNELS, make_synthetic_dataset  # noqa: E402
+
+
+def test_subsets_are_nested_seeded_and_checked():
+    pool = [{"image": f"img_{i}.nii.gz"} for i in range(10)]
+    small, large = le.nested_subset(pool, 3, seed=1), le.nested_subset(pool, 6, seed=1)
+    assert large[:3] == small and len({e["image"] for e in large}) == 6
+    assert le.nested_subset(pool, 6, seed=2) != large
+    assert le.subset_sizes(["4", "all", "2"], 10) == [2, 4, 10]
+    with pytest.raises(ValueError, match=r"sizes must be in \[1, 10\]"):
+        le.subset_sizes(["11"], 10)
+
+
+def test_assignments_and_pool_reading(tmp_path):
+    assert le.parse_assignments(["patch_size=[48,48,32]", "modality=ct", "lr=0.01"]) == {
+        "patch_size": [48, 48, 32], "modality": "ct", "lr": 0.01}
+    with pytest.raises(ValueError, match="key=value"):
+        le.parse_assignments(["patch_size"])
+    path = tmp_path / "pool.json"
+    path.write_text(json.dumps({"training": [{"image": "a"}], "validation": [{"image": "b"}]}))
+    assert le.read_pool(path, ["training", "validation"]) == [{"image": "a"}, {"image": "b"}]
+    with pytest.raises(ValueError, match=r"no list\(s\) \['test'\]"):
+        le.read_pool(path, ["test"])
+
+
+def test_summary_and_table_pair_runs_by_seed():
+    rows = [
+        {"mode": "scratch", "n_labelled": 2, "seed": 0, "dice": 0.5, "hd95_mm": 10.0},
+        {"mode": "scratch", "n_labelled": 2, "seed": 1, "dice": 0.7, "hd95_mm": 8.0},
+        {"mode": "pretrained", "n_labelled": 2, "seed": 0, "dice": 0.6, "hd95_mm": 9.0},
+        {"mode": "pretrained", "n_labelled": 2, "seed": 1, "dice": 0.9, "hd95_mm": 7.0},
+    ]
+    summary = {s["mode"]: s for s in le.summarise(rows)}
+    assert summary["scratch"]["dice_mean"] == pytest.approx(0.6)
+    assert summary["scratch"]["dice_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert summary["pretrained"]["hd95_mm_mean"] == pytest.approx(8.0)
+    table = le.format_table(rows, ["scratch", "pretrained"]).splitlines()
+    assert table[0].split() == ["n", "labelled", "scratch", "Dice", "pretrained", "Dice", "pretrained", "-", "scratch"]
+    assert table[1].split() == ["2", "0.600", "+-", "0.141", "0.750", "+-", "0.212", "+0.150", "+-", "0.071"]
+
+
+@pytest.mark.slow
+def test_tiny_protocol_runs_and_resumes(tmp_path):
+    data = tmp_path / "data"
+    entries = make_synthetic_dataset(data, cases=4)
+    (data / "pool.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3]}))
+    (data / "test.json").write_text(json.dumps({"test": entries[3:]}))
+    weights = tmp_path / "pretrained.pt"
+    torch.save(CoverNet(1, TINY_CHANNELS).state_dict(), weights)
+    output = tmp_path / "results"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "label_efficiency.py"), "--dataset-dir", str(data),
+        "--pool", str(data / "pool.json"), "--test", str(data / "test.json"), "--pretrained-weights", str(weights),
+        "--sizes", "1", "all", "--seeds", "0", "--epochs", "1", "--iterations-per-epoch", "1",
+        "--set", "pixdim=[2,2,2]", "patch_size=[32,32,16]", f"channels={json.dumps(TINY_CHANNELS)}",
+        "infer_roi_size=[48,48,32]", "batch_size=1", "--output", str(output),
+    ]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    assert "loaded" in first.stdout and "100% of the backbone's" in first.stdout  # the pretrained runs load weights
+
+    with open(output / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["mode"], int(r["n_labelled"])) for r in rows) == [
+        ("pretrained", 1), ("pretrained", 3), ("scratch", 1), ("scratch", 3)]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    with open(output / "summary.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (output / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = output / "runs"
+    for n in (1, 3):  # both modes saw the same labelled subset
+        assert (runs / f"scratch_n{n}_seed0" / "datalist.json").read_text() == \
+            (runs / f"pretrained_n{n}_seed0" / "datalist.json").read_text()
+    assert "n labelled" in first.stdout and "pretrained - scratch" in first.stdout
+
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    assert "SupervisedTrainer" not in second.stdout + second.stderr  # finished runs are reused, not retrained
+    with open(output / "results.csv", newline="") as f:
+        assert [r["dice"] for r in csv.DictReader(f)] == [r["dice"] for r in rows]
+
+
+def test_pretrained_modes_need_weights(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        le.main(["--dataset-dir", str(tmp_path), "--pool", "p.json", "--test", "t.json"])
+    assert "need --pretrained-weights or --pretrain-config" in capsys.readouterr().err

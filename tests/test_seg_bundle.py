@@ -1,0 +1,179 @@
+"""Segmentation network and the cover_seg bundle: train (with pretrained weights, resumed), evaluate, infer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cover3d.networks.nets.cover import CoverNet
+from cover3d.networks.nets.segmentation import CoverSegNet
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "cover_seg"
+SHARED = Path(os.environ.get("COVER3D_SHARED_DATA", REPO.parent / "shared" / "data"))
+TINY_CHANNELS = [4, 8, 8, 16, 16]
+# geometry of the synthetic volumes: anisotropic voxels, x axis flipped, shifted origin (so inversion is tested)
+AFFINE = np.array([[-1.6, 0, 0, 30.0], [0, 1.8, 0, -20.0], [0, 0, 2.5, 10.0], [0, 0, 0, 1]])
+
+
+def make_synthetic_dataset(folder: Path, cases: int, shape=(40, 36, 20), seed: int = 0) -> list[dict[str, str]]:
+    """Write ``cases`` noisy images with a bright ellipsoid and its label (NIfTI, ``AFFINE``); return datalist entries."""
+    rng = np.random.default_rng(seed)
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    entries = []
+    for case in range(cases):
+        centre = rng.uniform(0.35, 0.65, 3) * np.array(shape)
+        radii = rng.uniform(0.15, 0.25, 3) * np.array(shape)
+        label = (((grid - centre) / radii) ** 2).sum(-1) <= 1.0
+        image = 50.0 + 10.0 * grid[..., 0] / shape[0] + 100.0 * label + rng.normal(0.0, 5.0, shape)
+        name = f"case_{case:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image.astype(np.float32), AFFINE), folder / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), AFFINE), folder / "labelsTr" / name)
+        entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
+    return entries
+
+
+def copy_bundle(destination: Path) -> Path:
+    """The cover_seg bundle files in ``destination/cover_seg`` (outputs of a run then land there, not in the repo)."""
+    target = destination / "cover_seg"
+    target.mkdir(parents=True)
+    for name in ("train.json", "no_validation.json", "evaluate.json", "inference.json", "metadata.json", "logging.conf"):
+        shutil.copy(BUNDLE / name, target / name)
+    return target
+
+
+def run_bundle(config: Path, cwd: Path, *overrides: str) -> str:
+    """``python -m monai.bundle run`` as a user runs it; returns stdout+stderr, fails the test on a non-zero exit."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *overrides]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+TINY = ["--pixdim", "[2.0,2.0,2.0]", "--patch_size", "[32,32,16]", "--channels", str(TINY_CHANNELS).replace(" ", "")]
+
+
+def test_segnet_shapes_and_frozen_backbone():
+    network = CoverSegNet(2, 3, TINY_CHANNELS, freeze_backbone=True)
+    assert all(not p.requires_grad for p in network.backbone.parameters())
+    assert all(p.requires_grad for p in network.head.parameters())
+    logits = network(torch.rand(1, 2, 16, 32, 16))
+    assert logits.shape == (1, 3, 16, 32, 16)
+    logits.mean().backward()
+    assert network.head.weight.grad is not None
+    assert all(p.grad is None for p in network.backbone.parameters())
+    trainable = CoverSegNet(1, 2, TINY_CHANNELS)
+    trainable(torch.rand(1, 1, 16, 16, 16)).mean().backward()
+    assert trainable.backbone.conv_0.conv_0.conv.weight.grad is not None
+
+
+def test_bundle_configs_agree():
+    """The three configs define the network, preprocessing and data settings identically."""
+    configs = {name: json.loads((BUNDLE / name).read_text()) for name in ("train.json", "evaluate.json", "inference.json")}
+    shared = ("bundle_root", "ckpt_dir", "dataset_dir", "device", "amp", "modality", "pixdim", "preprocessing_args",
+              "in_channels", "num_classes", "channels", "patch_size", "infer_roi_size", "sw_overlap", "network")
+    for key in shared:
+        values = {name: config[key] for name, config in configs.items()}
+        assert len({json.dumps(v) for v in values.values()}) == 1, f"{key} differs: {values}"
+    network_defs = [{k: v for k, v in c["network_def"].items() if k != "freeze_backbone"} for c in configs.values()]
+    assert all(d == network_defs[0] for d in network_defs)
+    image_only = [c["preprocessing"] for name, c in configs.items() if name != "train.json"]
+    assert image_only[0] == image_only[1] == configs["train.json"]["preprocessing"].replace("label_keys='label', ", "")
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_infer(tmp_path):
+    """Train 1 epoch from pretrained weights, resume to 2 epochs, evaluate, infer NIfTI in the input's geometry;
+    run from another working directory, outputs land in the bundle folder."""
+    data = tmp_path / "data"
+    entries = make_synthetic_dataset(data, cases=4)
+    (data / "datalist.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3], "test": entries[3:]}))
+    bundle = copy_bundle(tmp_path / "bundles")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    weights = tmp_path / "pretrained.pt"
+    torch.save({"module." + k: v for k, v in CoverNet(1, TINY_CHANNELS).state_dict().items()}, weights)
+    common = ["--dataset_dir", str(data), "--datalist", str(data / "datalist.json"), *TINY]
+    train = [*common, "--iterations_per_epoch", "2", "--val_interval", "1", "--batch_size", "1",
+             "--samples_per_volume", "1", "--pretrained_weights", str(weights)]
+
+    log = run_bundle(bundle / "train.json", elsewhere, *train, "--epochs", "1")
+    assert re.search(r"loaded \d+ of \d+ target tensors \(100% of the backbone's\)", log), log[-3000:]
+    models = bundle / "models"
+    assert {"checkpoint_1.pt", "model.pt", "model.json", "model_final.pt"} <= {p.name for p in models.iterdir()}
+    assert json.loads((models / "model.json").read_text())["epoch"] == 1
+    assert list((bundle / "runs").iterdir()), "no TensorBoard event files"
+    assert not (elsewhere / "models").exists()
+
+    log = run_bundle(bundle / "train.json", elsewhere, *train, "--epochs", "2")
+    assert f"resuming from {models / 'checkpoint_1.pt'}" in log
+    assert "Epoch: 1/2" not in log and "Epoch: 2/2" in log
+    assert (models / "checkpoint_2.pt").is_file()
+
+    run_bundle(bundle / "evaluate.json", elsewhere, *common, "--eval_key", "test")
+    with open(bundle / "eval" / "metrics.csv", newline="") as f:
+        metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
+    assert set(metrics) == {"dice", "hd95_mm"} and 0.0 <= metrics["dice"] <= 1.0
+    with open(bundle / "eval" / "dice_raw.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["filename"]).name for r in rows] == ["case_003.nii.gz"]
+
+    run_bundle(bundle / "inference.json", elsewhere, *common, "--infer_key", "test")
+    prediction = nib.load(bundle / "eval" / "predictions" / "case_003_seg.nii.gz")
+    image = nib.load(data / "imagesTr" / "case_003.nii.gz")
+    assert prediction.shape == image.shape
+    np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)
+    assert prediction.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_bad_input_fails_before_training(tmp_path):
+    data = tmp_path / "data"
+    entries = make_synthetic_dataset(data, cases=2)
+    bad = data / "labelsTr" / "case_001.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 36, 19), np.uint8), AFFINE), bad)  # one slice short
+    (data / "datalist.json").write_text(json.dumps({"training": entries[:1], "validation": entries[1:]}))
+    bundle = copy_bundle(tmp_path / "bundles")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json"),
+               "--dataset_dir", str(data), "--datalist", str(data / "datalist.json"), *TINY]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert str(bad) in result.stdout + result.stderr and "spatial shape" in result.stdout + result.stderr
+    assert not (bundle / "models").exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED} (set COVER3D_SHARED_DATA)")
+def test_shared_data_datalists_are_disjoint_and_grouped():
+    from cover3d.data import load_datalist
+
+    for name, folder, pool_groups, test_groups in (("la_mri_2018", "la_mri_2018", 60, 20),
+                                                   ("acdc", "acdc_cardiac_mri", 60, 20)):
+        pool_file, test_file = REPO / "data_lists" / f"{name}_pool.json", REPO / "data_lists" / f"{name}_test.json"
+        lists = {key: load_datalist(pool_file, key, base_dir=SHARED / folder) for key in ("training", "validation")}
+        lists["test"] = load_datalist(test_file, "test", base_dir=SHARED / folder)
+
+        def group(path: str) -> str:
+            return re.sub(r"(_E[DS])?\.nii\.gz$", "", Path(path).name)
+
+        groups = {key: {group(e["image"]) for e in entries} for key, entries in lists.items()}
+        assert len(groups["training"] | groups["validation"]) == pool_groups and len(groups["test"]) == test_groups
+        assert not groups["training"] & groups["validation"] and not (groups["training"] | groups["validation"]) & groups["test"]
+        for entries in lists.values():
+            assert all(group(e["image"]) == group(e["label"]) for e in entries)
+        if name == "acdc":  # both phases of every patient, on the same side
+            assert all(len(entries) == 2 * len(groups[key]) for key, entries in lists.items())

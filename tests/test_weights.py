@@ -1,0 +1,179 @@
+"""Loading pretrained weights: prefix alignment, shape report, input-channel adaptation, refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from cover3d.networks.nets.backbone import UNetBackbone
+from cover3d.networks.nets.cover import CoverNet
+from cover3d.networks.nets.segmentation import CoverSegNet
+from cover3d.networks.weights import load_pretrained_weights, pretraining_metadata, read_state_dict
+
+CHANNELS = (8, 8, 16, 16, 16)
+
+
+class Wrapper(nn.Module):
+    """Stands for a wrapper that registers the wrapped network under a name (DDP: ``module``, compile: ``_orig_mod``)."""
+
+    def __init__(self, name: str, network: nn.Module) -> None:
+        super().__init__()
+        self.add_module(name, network)
+
+
+class NotAWeight:
+    """An arbitrary picklable object: ``weights_only=True`` must refuse to unpickle it."""
+
+
+def seeded(module: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    for p in module.parameters():
+        nn.init.normal_(p, std=0.1)
+    return module
+
+
+def backbone_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in network.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
+def test_covernet_weights_into_segnet_with_wrapper_prefixes(prefix):
+    source = seeded(CoverNet(1, CHANNELS), 0)
+    target = seeded(CoverSegNet(1, 3, CHANNELS), 1)
+    state = {prefix + k: v for k, v in source.state_dict().items()}
+    report = load_pretrained_weights(target, state)
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(target.backbone.state_dict()[key], value), key
+    assert report.backbone_fraction == 1.0
+    assert len(report.loaded) == len(source.backbone.state_dict())
+    assert sorted(report.missing) == ["head.bias", "head.weight"]
+    assert report.unexpected and all(k.startswith("pyramid.") for k in report.unexpected)
+    assert not report.shape_mismatched and not report.adapted
+
+
+def test_bare_backbone_and_segnet_prefixes_are_aligned():
+    backbone = seeded(UNetBackbone(3, 1, CHANNELS), 0)
+    segnet = seeded(CoverSegNet(1, 2, CHANNELS), 1)
+    report = load_pretrained_weights(segnet, backbone.state_dict())  # adds "backbone."
+    assert report.prefixes == ("", "backbone.") and report.backbone_fraction == 1.0
+    assert torch.equal(segnet.backbone.conv_0.conv_0.conv.weight, backbone.conv_0.conv_0.conv.weight)
+    fresh = seeded(UNetBackbone(3, 1, CHANNELS), 2)
+    report = load_pretrained_weights(fresh, {"model." + k: v for k, v in segnet.state_dict().items()})
+    assert report.prefixes == ("backbone.", "") and report.backbone_fraction == 1.0
+    assert report.unexpected == ["head.weight", "head.bias"]
+    assert torch.equal(fresh.upcat_1.convs.conv_1.conv.weight, segnet.backbone.upcat_1.convs.conv_1.conv.weight)
+
+
+def test_wrapped_target_is_unwrapped():
+    source = seeded(CoverNet(1, CHANNELS), 0)
+    target = Wrapper("_orig_mod", Wrapper("module", seeded(CoverSegNet(1, 2, CHANNELS), 1)))
+    load_pretrained_weights(target, source.state_dict())
+    inner = target._orig_mod.module
+    assert torch.equal(inner.backbone.down_4.convs.conv_1.conv.weight, source.backbone.down_4.convs.conv_1.conv.weight)
+
+
+def test_head_with_other_class_count_is_reported_and_skipped(caplog):
+    source = seeded(CoverSegNet(1, 3, CHANNELS), 0)
+    target = seeded(CoverSegNet(1, 5, CHANNELS), 1)
+    head_before = target.head.weight.clone()
+    with caplog.at_level(logging.INFO, logger="cover3d.networks.weights"):
+        report = load_pretrained_weights(target, source.state_dict())
+    assert report.shape_mismatched == {
+        "head.weight": ((3, CHANNELS[0], 1, 1, 1), (5, CHANNELS[0], 1, 1, 1)),
+        "head.bias": ((3,), (5,)),
+    }
+    assert torch.equal(target.head.weight, head_before)
+    assert report.backbone_fraction == 1.0 and not report.missing
+    assert "shape mismatch" in caplog.text and "head.weight" in caplog.text
+
+
+def backbone_outputs(network: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return network.eval()(x)
+
+
+@pytest.mark.parametrize("source_channels, target_channels", [(1, 2), (2, 1), (3, 2)])
+def test_input_channel_adaptation_keeps_activations(source_channels, target_channels):
+    """The same image on every input channel gives the pretrained features, whatever the channel counts."""
+    source = seeded(UNetBackbone(3, source_channels, CHANNELS), 0)
+    target = seeded(UNetBackbone(3, target_channels, CHANNELS), 1)
+    report = load_pretrained_weights(target, source.state_dict())
+    assert report.adapted == ["conv_0.conv_0.conv.weight"] and report.backbone_fraction == 1.0
+    assert target.conv_0.conv_0.conv.weight.shape[1] == target_channels
+    image = torch.rand(1, 1, 16, 16, 16)
+    expected = backbone_outputs(source, image.expand(-1, source_channels, -1, -1, -1))
+    actual = backbone_outputs(target, image.expand(-1, target_channels, -1, -1, -1))
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_adaptation_can_be_disabled():
+    source = seeded(UNetBackbone(3, 1, CHANNELS), 0)
+    target = seeded(UNetBackbone(3, 2, CHANNELS), 1)
+    report = load_pretrained_weights(target, source.state_dict(), adapt_in_channels=False)
+    assert not report.adapted and list(report.shape_mismatched) == ["conv_0.conv_0.conv.weight"]
+
+
+def test_refuses_when_almost_nothing_matches_and_leaves_network_unchanged(tmp_path):
+    source = seeded(CoverNet(1, (16, 16, 32, 32, 64)), 0)
+    target = seeded(CoverSegNet(1, 2, CHANNELS), 1)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    bundle = tmp_path / "cover_mri"
+    (bundle / "models").mkdir(parents=True)
+    torch.save(source.state_dict(), bundle / "models" / "model.pt")
+    (bundle / "metadata.json").write_text(json.dumps({"pretraining": {"backbone_channels": [16, 16, 32, 32, 64]}}))
+    with pytest.raises(ValueError, match=r"refusing to load.*only \d+% .*channels=\[16, 16, 32, 32, 64\] pretrained"):
+        load_pretrained_weights(target, bundle / "models" / "model.pt")
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(ValueError, match="refusing to load"):  # unrelated keys: nothing matches at all
+        load_pretrained_weights(target, {"encoder.weight": torch.zeros(3)})
+
+
+def test_min_fraction_is_configurable():
+    source = seeded(UNetBackbone(3, 1, CHANNELS), 0)
+    state = {k: v for k, v in source.state_dict().items() if k.startswith(("conv_0.", "down_1."))}
+    with pytest.raises(ValueError, match="min_fraction=0.5"):
+        load_pretrained_weights(seeded(UNetBackbone(3, 1, CHANNELS), 1), state)
+    report = load_pretrained_weights(seeded(UNetBackbone(3, 1, CHANNELS), 1), state, min_fraction=0.1)
+    assert 0.1 < report.backbone_fraction < 0.5
+    with pytest.raises(ValueError, match="min_fraction must be in"):
+        load_pretrained_weights(seeded(UNetBackbone(3, 1, CHANNELS), 1), state, min_fraction=2.0)
+
+
+def test_checkpoint_dicts_files_and_metadata(tmp_path):
+    source = seeded(CoverNet(1, CHANNELS), 0)
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    path = bundle / "models" / "checkpoint_3.pt"
+    torch.save({"network": source.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, path)
+    metadata = {"preprocessing": {"spacing_mm": [2.0, 2.0, 2.0]}, "pretraining": {"backbone_channels": list(CHANNELS)},
+                "name": "cover_mri"}
+    (bundle / "metadata.json").write_text(json.dumps(metadata))
+    assert set(read_state_dict(path)) == set(source.state_dict())
+    assert pretraining_metadata(path) == {k: metadata[k] for k in ("preprocessing", "pretraining")}
+    report = load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path)
+    assert report.source == str(path) and report.metadata["preprocessing"]["spacing_mm"] == [2.0, 2.0, 2.0]
+    assert "spacing_mm" in report.summary()
+
+
+def test_weights_only_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "unsafe.pt"
+    torch.save({"network": CoverSegNet(1, 2, CHANNELS).state_dict(), "extra": NotAWeight()}, path)
+    with pytest.raises(ValueError, match="refusing to load .*unsafe.pt.*weights_only.*NotAWeight"):
+        load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        read_state_dict(tmp_path / "missing.pt")
+    torch.save({"epoch": 3, "losses": [0.5]}, tmp_path / "no_state.pt")
+    with pytest.raises(ValueError, match="no_state.pt holds no state dict.*'epoch', 'losses'"):
+        read_state_dict(tmp_path / "no_state.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read weights file .*text.pt.*not a PyTorch checkpoint"):
+        read_state_dict(tmp_path / "text.pt")
