@@ -36,9 +36,11 @@ MODES = {  # mode -> (uses the pretrained weights, backbone frozen)
     "pretrained": (True, False),
     "probe": (True, True),
 }
-# seg-bundle overrides of the default CPU setting (the rest are bundles/cover_seg/train.json defaults):
-# one 96x96x32 window covers a whole 2 mm left-atrium volume, so evaluation is one forward pass per case.
-DEFAULT_SETTINGS = {"samples_per_volume": 1, "warmup_iterations": 8, "infer_roi_size": [96, 96, 32]}
+# seg-bundle overrides for the default CPU setting (the rest are bundles/cover_seg/train.json defaults: 2 mm voxels,
+# widths 8-128); 32^3 patches, 2 per iteration; an 80x64x32 window covers a whole 2 mm left-atrium volume
+# (after the foreground crop), so evaluation is one forward pass per case.
+DEFAULT_SETTINGS = {"patch_size": [32, 32, 32], "samples_per_volume": 1, "batch_size": 2, "warmup_iterations": 6,
+                    "infer_roi_size": [80, 64, 32]}
 
 
 def parse_assignments(items: Sequence[str]) -> dict:
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "all"], help="numbers of labelled volumes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES))
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--iterations-per-epoch", type=int, default=20, help="budget = epochs x this, for every run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")

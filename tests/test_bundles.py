@@ -18,6 +18,7 @@ from cover3d.networks import CoverNet
 REPO = Path(__file__).resolve().parents[1]
 NET = ["--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"]
 TINY = ["--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs", "1", "--log_interval", "1",
+        "--warmup_iterations", "2", "--learning_rate", "0.01",
         "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]", *NET]  # fmt: skip
 
 
@@ -46,6 +47,8 @@ def test_bundle_trains_resumes_evaluates_and_exports(name, tmp_path):
     log = first.stdout + first.stderr
     for term in ("loss_vec", "loss_con", "epe", "epe_identity", "it_per_s", "val_epe"):
         assert term in log
+    lrs = [float(line.split("lr: ")[1].split()[0]) for line in log.splitlines() if "lr: " in line]
+    assert lrs == [0.0, 0.005]  # the warm-up schedule really applies, per iteration
     weights = tmp_path / "models" / "model.pt"
     state = torch.load(weights, weights_only=True)
     assert any(k.startswith("backbone.") for k in state)

@@ -93,7 +93,7 @@ def test_out_of_volume_neighbours_are_excluded(impl, radius):
 def test_integer_shift_recovered_with_sign_and_units(impl, shift):
     """x_b(p) = x_a(p + s)  ->  VEU(query=b, key=a) = s voxels, consistent with cover3d.fields.warp."""
     n, radius = 12, 2
-    view_a = features((1, 16, n, n, n), 12, scale=4.0)  # distinctive features: sharp softmax
+    view_a = features((1, 256, n, n, n), 12, scale=4.0)  # head dim 128: match ~256 vs others ~N(0, 16): sharp
     field = torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, n, n, n)
     view_b = warp(view_a, field)
     inner = (slice(None),) * 2 + (slice(radius, n - radius),) * 3  # p + s inside the volume
@@ -147,17 +147,22 @@ def step_results(**options) -> tuple[torch.Tensor, list[torch.Tensor], torch.Ten
     return loss.detach(), [p.grad for p in net.parameters()], out["ddf"].detach()
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{"checkpoint_levels": True}, {"checkpoint_levels": (False, False, False, True, True)}, {"checkpoint_backbone": True}],
-)
-def test_checkpointing_gives_same_loss_and_gradients(options):
+def test_checkpointing_levels_gives_identical_loss_and_gradients():
     loss, grads, ddf = step_results()
-    loss_ckpt, grads_ckpt, ddf_ckpt = step_results(**options)
-    assert torch.allclose(loss, loss_ckpt, rtol=1e-6, atol=1e-7)
-    assert torch.allclose(ddf, ddf_ckpt, rtol=1e-6, atol=1e-6)
+    for levels in (True, (False, False, False, True, True)):
+        loss_ckpt, grads_ckpt, ddf_ckpt = step_results(checkpoint_levels=levels)
+        assert torch.equal(loss, loss_ckpt) and torch.equal(ddf, ddf_ckpt)
+        assert all(torch.equal(g, gc) for g, gc in zip(grads, grads_ckpt))
+
+
+def test_checkpointing_backbone_gives_same_loss_and_gradients():
+    """Views go through the backbone one at a time (batch 1 instead of 2): equal up to convolution rounding."""
+    loss, grads, ddf = step_results()
+    loss_ckpt, grads_ckpt, ddf_ckpt = step_results(checkpoint_backbone=True, checkpoint_levels=True)
+    assert torch.allclose(loss, loss_ckpt, rtol=1e-5)
+    assert torch.allclose(ddf, ddf_ckpt, rtol=0, atol=1e-4)
     for g, gc in zip(grads, grads_ckpt):
-        assert torch.allclose(g, gc, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(g, gc, rtol=1e-4, atol=1e-4 * g.abs().max())
 
 
 def test_reference_impl_option_and_errors():

@@ -1,0 +1,147 @@
+"""Predicting a displacement field for a pair of whole volumes and saving it for ITK-based tools.
+
+Used by the pretraining bundles' ``inference.json``. Two modes: two volumes (``image_b`` defines the grid, view a
+is resampled onto it), or one volume and a seeded random deformation (the true field is saved too).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor, NibabelWriter
+from monai.transforms import ResampleToMatch
+
+from cover3d.data.field_io import write_displacement_field
+from cover3d.data.readers import volume_suffix
+from cover3d.fields import warp
+from cover3d.metrics import endpoint_error, folding_fraction
+from cover3d.transforms import RandDeformationField, fraction_within_reach
+
+__all__ = ["predict_field", "inference_pair", "save_field_prediction"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_field(
+    network: torch.nn.Module, view_a: torch.Tensor, view_b: torch.Tensor, divisor: int = 16, amp: bool = False
+) -> torch.Tensor:
+    """Field ``(B, 3, *S)`` (voxels, ``view_b ~ warp(view_a, field)``) predicted by a ``CoverNet`` for views
+    ``(B, C, *S)`` of any size: both are zero-padded at the far end of each axis to a multiple of ``divisor`` (the
+    network needs sizes divisible by 16), the whole padded volume goes through one eval-mode forward, and the field
+    is cropped back (padding at the far end leaves the indices, hence the field values, of the volume unchanged)."""
+    if view_a.shape != view_b.shape or view_a.ndim != 5:
+        raise ValueError(f"views must be (B, C, D, H, W) of one shape, got {tuple(view_a.shape)} and {tuple(view_b.shape)}")
+    was_training = network.training
+    network.eval()
+    device = next(network.parameters()).device
+    size = view_a.shape[2:]
+    pad = [p for n in reversed(size) for p in (0, -n % divisor)]  # F.pad order: last axis first
+    inputs = F.pad(torch.cat([torch.as_tensor(view_a), torch.as_tensor(view_b)], 1).float(), pad).to(device)
+    with torch.autocast(device.type, enabled=amp):
+        field = network(inputs).float()
+    network.train(was_training)
+    return field[..., : size[0], : size[1], : size[2]]
+
+
+def _name(path: str | os.PathLike) -> str:
+    file = Path(path).name
+    suffix = volume_suffix(file) or Path(file).suffix
+    return file[: len(file) - len(suffix)]
+
+
+def inference_pair(
+    preprocessing: Callable[[dict], dict],
+    image_a: str | os.PathLike | None,
+    image_b: str | os.PathLike | None = None,
+    deformation: RandDeformationField | None = None,
+    seed: int = 0,
+) -> dict:
+    """Preprocessed views for :func:`save_field_prediction`: ``image`` (view a) and ``image_b`` (C, *S) MetaTensors
+    on one grid, ``name``; with a random deformation also ``ddf`` (3, *S) (the true field, voxels).
+
+    Two volumes: ``image_b`` is preprocessed and defines the grid (the field lives on the fixed view's grid);
+    ``image_a`` is preprocessed and resampled onto it by world coordinates (linear, zeros outside). One volume
+    (``image_b`` None): view a is the preprocessed ``image_a``, the field a copy of ``deformation`` (None: default
+    :class:`RandDeformationField`) seeded with ``seed`` draws on its grid, and view b = ``warp(view a, field)``.
+
+    Raises:
+        ValueError: ``image_a`` is not given.
+        FileNotFoundError: an input file does not exist.
+    """
+    if not image_a:
+        raise ValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
+    for path in (image_a, image_b):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(f"input volume not found: {path}")
+    view_a = preprocessing({"image": str(image_a)})["image"]
+    if image_b:
+        view_b = preprocessing({"image": str(image_b)})["image"]
+        view_a = ResampleToMatch(mode="bilinear", padding_mode="zeros")(view_a, view_b)
+        return {"image": view_a, "image_b": view_b, "name": f"{_name(image_a)}_to_{_name(image_b)}"}
+    generator = copy.deepcopy(deformation) if deformation is not None else RandDeformationField()
+    generator.set_random_state(seed=seed)
+    ddf = generator(view_a.shape[1:], device=view_a.device)
+    view_b = MetaTensor(warp(view_a.as_tensor()[None], ddf[None])[0], affine=view_a.affine)
+    return {"image": view_a, "image_b": view_b, "ddf": ddf, "name": f"{_name(image_a)}_random{seed}"}
+
+
+def _write_volume(volume: torch.Tensor, affine: torch.Tensor, path: Path) -> None:
+    writer = NibabelWriter()
+    writer.set_data_array(volume.detach().cpu().float(), channel_dim=0)
+    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    writer.write(str(path))
+
+
+def save_field_prediction(
+    network: torch.nn.Module, pair: Mapping, output_dir: str | os.PathLike, amp: bool = False
+) -> dict[str, str]:
+    """Predict the field of an :func:`inference_pair` and write into ``output_dir`` (created), prefixed ``<name>_``:
+
+    - ``field.nii.gz``: predicted field as an ITK displacement field (LPS mm, see :mod:`cover3d.data.field_io`);
+    - ``warped.nii.gz``: view a warped by it onto view b's grid (``warp(view a, field)``, should resemble view b);
+    - ``fixed.nii.gz`` / ``moving.nii.gz``: the preprocessed views b and a (a on b's grid), the network inputs;
+    - random deformation only: ``true_field.nii.gz`` (ITK, as above);
+    - ``summary.json``: name, mode, grid, mean |field| (mm) and folding fraction, and for a random deformation the
+      mean end-point error (voxels) of the prediction and of the zero field over voxels whose target is inside.
+
+    Returns a dict of the written paths (keys as above without suffix, plus ``summary``).
+    """
+    view_a, view_b = pair["image"], pair["image_b"]
+    affine = view_b.affine
+    field = predict_field(network, view_a[None], view_b[None], amp=amp)[0].cpu()
+    warped = warp(view_a.as_tensor()[None].float().cpu(), field[None])[0]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    prefix = output_dir / str(pair["name"])
+    paths = {key: Path(f"{prefix}_{key}.nii.gz") for key in ("field", "warped", "fixed", "moving")}
+    write_displacement_field(field, affine, paths["field"])
+    for key, volume in (("warped", warped), ("fixed", view_b), ("moving", view_a)):
+        _write_volume(torch.as_tensor(volume), affine, paths[key])
+    spacing = torch.linalg.vector_norm(torch.as_tensor(affine, dtype=torch.float64)[:3, :3], dim=0)
+    summary = {
+        "name": pair["name"],
+        "mode": "random deformation" if "ddf" in pair else "two volumes",
+        "shape": list(field.shape[1:]),
+        "spacing_mm": spacing.tolist(),
+        "mean_displacement_mm": float(torch.linalg.vector_norm(field * spacing[:, None, None, None].float(), dim=0).mean()),
+        "folding_fraction": float(folding_fraction(field[None])[0]),
+    }
+    if "ddf" in pair:
+        true = torch.as_tensor(pair["ddf"]).float().cpu()
+        paths["true_field"] = write_displacement_field(true, affine, f"{prefix}_true_field.nii.gz")
+        inside = (warp(torch.ones_like(warped[:1])[None], true[None]) > 0.999).float()  # p + psi(p) inside the volume
+        summary["epe"] = float(endpoint_error(field[None], true[None], inside)[0])
+        summary["epe_identity"] = float(endpoint_error(torch.zeros_like(true)[None], true[None], inside)[0])
+        summary["within_reach"] = fraction_within_reach(true, inside[0], network.reach)
+    paths["summary"] = Path(f"{prefix}_summary.json")
+    paths["summary"].write_text(json.dumps(summary, indent=2))
+    logger.info(f"field prediction for {pair['name']} written to {output_dir}: {json.dumps(summary)}")
+    return {key: str(path) for key, path in paths.items()}

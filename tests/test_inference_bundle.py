@@ -1,0 +1,135 @@
+"""The bundles' inference.json with a tiny network: outputs are ITK displacement fields consistent with the views."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import ConfigParser
+
+from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform
+from cover3d.networks import CoverNet
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNELS, GROUPS = (4, 8, 8, 16, 16), (2, 2, 2, 1, 1)
+NET = ["--channels", str(list(CHANNELS)).replace(" ", ""), "--groups", str(list(GROUPS)).replace(" ", "")]
+PIXDIM = 4.0  # coarser than the bundles' default: small volumes keep the whole-volume forward fast
+
+
+def configs(name: str) -> str:
+    return f"['{REPO / 'bundles' / name / 'train.json'}','{REPO / 'bundles' / name / 'inference.json'}']"
+
+
+def tiny_weights(folder: Path) -> str:
+    torch.manual_seed(0)
+    path = folder / "model.pt"
+    torch.save(CoverNet(channels=CHANNELS, groups=GROUPS).state_dict(), path)
+    return str(path)
+
+
+def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(name), *NET,
+               "--pixdim", f"[{PIXDIM},{PIXDIM},{PIXDIM}]", *args]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def itk_resampled(moving: Path, field: Path) -> np.ndarray:
+    """``moving`` resampled by SimpleITK onto the field's grid with the field as transform, as (X, Y, Z)."""
+    image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
+    resampled = sitk.Resample(image, sitk.ReadImage(str(field)), read_displacement_field_transform(field), sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+
+
+def interior(ddf: torch.Tensor, margin: float = 1.0) -> np.ndarray:
+    """Voxels whose sample point p + ddf(p) is at least ``margin`` voxels inside the grid."""
+    shape = np.array(ddf.shape[1:])
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    target = grid + ddf.numpy()
+    return np.all((target >= margin) & (target <= shape[:, None, None, None] - 1 - margin), axis=0)
+
+
+def error_chain(error: BaseException | None) -> str:
+    """Messages of an exception and its causes (MONAI wraps config-expression errors)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def volume(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkFloat32)).transpose(2, 1, 0)
+
+
+@pytest.mark.slow
+def test_ct_random_deformation_writes_consistent_itk_fields(tmp_path):
+    image = REPO / "sample_data" / "ct" / "ts_pulmonary_crop.nii.gz"
+    outputs = tmp_path / "predictions"
+    args = ["--image_a", str(image), "--deformation_seed", "3", "--weights", tiny_weights(tmp_path)]
+    result = run_inference("cover_ct", *args, "--predictions_dir", str(outputs), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    prefix = outputs / "ts_pulmonary_crop_random3"
+    for key in ("field", "true_field", "warped", "fixed", "moving"):
+        assert Path(f"{prefix}_{key}.nii.gz").is_file(), key
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())
+    assert summary["mode"] == "random deformation" and summary["spacing_mm"] == [PIXDIM] * 3
+    assert summary["epe_identity"] > 1 and summary["epe"] >= 0 and 0 <= summary["folding_fraction"] <= 1
+
+    # the saved fixed view is the saved moving view resampled by ITK with the saved true field
+    true, _ = read_displacement_field(f"{prefix}_true_field.nii.gz")
+    assert true.abs().amax() > 2  # a real deformation, in voxels
+    inside = interior(true)
+    fixed = volume(Path(f"{prefix}_fixed.nii.gz"))
+    resampled = itk_resampled(Path(f"{prefix}_moving.nii.gz"), Path(f"{prefix}_true_field.nii.gz"))
+    np.testing.assert_allclose(resampled[inside], fixed[inside], atol=1e-4)
+    # and the saved warped view is the moving view resampled with the predicted field
+    predicted, _ = read_displacement_field(f"{prefix}_field.nii.gz")
+    inside = interior(predicted)
+    resampled = itk_resampled(Path(f"{prefix}_moving.nii.gz"), Path(f"{prefix}_field.nii.gz"))
+    np.testing.assert_allclose(resampled[inside], volume(Path(f"{prefix}_warped.nii.gz"))[inside], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mri_two_volumes_on_the_fixed_grid(tmp_path):
+    from monai.bundle import run
+
+    folder = REPO / "sample_data" / "mri"
+    outputs = tmp_path / "predictions"
+    run(
+        config_file=json.loads(configs("cover_mri").replace("'", '"')),
+        image_a=str(folder / "stroke_t1.nii.gz"), image_b=str(folder / "stroke_t2.nii.gz"),
+        weights=tiny_weights(tmp_path), predictions_dir=str(outputs), channels=list(CHANNELS), groups=list(GROUPS), pixdim=[PIXDIM] * 3,
+    )  # fmt: skip
+    prefix = outputs / "stroke_t1_to_stroke_t2"
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())
+    assert summary["mode"] == "two volumes" and "epe" not in summary
+    assert not Path(f"{prefix}_true_field.nii.gz").exists()
+    field = sitk.ReadImage(f"{prefix}_field.nii.gz")
+    fixed = sitk.ReadImage(f"{prefix}_fixed.nii.gz")
+    assert field.GetSize() == fixed.GetSize() == tuple(summary["shape"])
+    np.testing.assert_allclose(field.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(field.GetDirection(), fixed.GetDirection(), atol=1e-6)
+    assert volume(Path(f"{prefix}_moving.nii.gz")).std() > 0.05  # view a really resampled onto b's grid
+
+
+def test_default_outputs_go_to_the_bundle_folder_and_bad_input_is_named(tmp_path):
+    from monai.bundle import run
+
+    parser = ConfigParser()
+    parser.read_config(json.loads(configs("cover_ct").replace("'", '"')))
+    assert Path(parser.get_parsed_content("predictions_dir")) == REPO / "bundles" / "cover_ct" / "predictions"
+
+    weights = tiny_weights(tmp_path)
+    common = {"weights": weights, "predictions_dir": str(tmp_path / "out"), "channels": list(CHANNELS), "groups": list(GROUPS)}
+    config = json.loads(configs("cover_ct").replace("'", '"'))
+    for overrides, expected in (({}, "--image_a"), ({"image_a": str(tmp_path / "absent.nii.gz")}, "absent.nii.gz")):
+        with pytest.raises(Exception) as caught:
+            run(config_file=config, **overrides, **common)
+        assert expected in error_chain(caught.value)
+    assert not (tmp_path / "out").exists()
