@@ -11,11 +11,24 @@ Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder
 ``results.csv`` (one row per run), ``summary.csv`` (mean and std per mode and size), ``label_efficiency.png``,
 and the printed table.
 
-Example (the ~1 hour CPU setting on the left-atrium data, 2 mm voxels; run from the repository root)::
+Default setting (CPU, about an hour for the left-atrium data on 2 shared cores): 2 mm voxels, widths 8-128,
+80 iterations per run (4 epochs x 20) of 2 random 32^3 patches, sizes 2/4/8/all(60), seeds 0/1/2, modes
+scratch and pretrained = 24 runs. Measured per run: 80 iterations take 40 s on idle cores and up to 4 min
+when other jobs saturate them; evaluating the 20 test volumes takes about 25 s; so 25-60 min at light to
+moderate load, longer under contention. The weights must come from a pretraining run with the same voxel
+size and widths (the bundles/cover_mri defaults). From the repository root::
 
     python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \\
         --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
-        --pretrained-weights bundles/cover_mri/models/model.pt --sizes 2 4 8 all --seeds 0 1 2
+        --pretrained-weights bundles/cover_mri/models/model.pt
+
+or pretrain on the pool's images first (the 2 mm left-atrium volumes are smaller than cover_mri's default
+72^3 context crop)::
+
+    ... --pretrain-config bundles/cover_mri/train.json \\
+        --pretrain-set epochs=50 "patch_size=[32,32,32]" "context_size=[48,48,48]"
+
+On a GPU, raise the budget and patch size, e.g. ``--epochs 50 --set patch_size=[96,96,32] infer_roi_size=[96,96,32]``.
 """
 
 from __future__ import annotations
@@ -206,6 +219,9 @@ def plot(summary: Sequence[dict], path: Path, title: str) -> None:
             axis.errorbar([p["n_labelled"] for p in points], [p["dice_mean"] for p in points],
                           yerr=[p["dice_std"] for p in points], marker="o", capsize=3, label=mode)
     axis.set_xscale("log", base=2)
+    sizes = sorted({s["n_labelled"] for s in summary})
+    axis.set_xticks(sizes, [str(n) for n in sizes])
+    axis.minorticks_off()
     axis.set_xlabel("labelled training volumes")
     axis.set_ylabel("test Dice (mean +- std over seeds)")
     axis.set_title(title)
@@ -232,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--test", required=True, help="datalist of the test cases")
     parser.add_argument("--test-key", default="test", help="list of the test cases in --test")
     weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained-weights", help="pretrained weights file (e.g. bundles/cover_mri/models/model.pt)")
+    weights.add_argument("--pretrained-weights", help="weights file, e.g. bundles/cover_mri/models/model.pt")
     weights.add_argument("--pretrain-config", help="pretraining bundle config to run first on the pool images "
                          "(e.g. bundles/cover_mri/train.json); its weights are then used")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -240,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "all"], help="numbers of labelled volumes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES))
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--iterations-per-epoch", type=int, default=20, help="budget = epochs x this, for every run")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--iterations-per-epoch", type=int, default=20, help="budget = epochs x this, every run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
@@ -267,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                                 str(Path(args.pool).resolve()), seg_settings, parse_assignments(args.pretrain_set))
 
     print(f"label efficiency: pool {len(pool)} volumes, sizes {sizes}, seeds {args.seeds}, modes {args.modes}; "
-          f"budget {args.epochs * args.iterations_per_epoch} iterations per run; settings {settings}")
+          f"budget {args.epochs * args.iterations_per_epoch} iterations per run; bundle overrides {settings}")
     rows = []
     for seed in args.seeds:
         for n in sizes:
@@ -279,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     summary = summarise(rows)
     write_csv(output / "results.csv", rows)
     write_csv(output / "summary.csv", summary)
-    plot(summary, output / "label_efficiency.png", f"{Path(args.pool).stem} -> {Path(args.test).stem}")
+    budget = f"{args.epochs * args.iterations_per_epoch} iterations per run"
+    plot(summary, output / "label_efficiency.png", f"{Path(args.pool).stem} -> {Path(args.test).stem}, {budget}")
     print(format_table(rows, args.modes))
     print(f"wrote {output / 'results.csv'}, {output / 'summary.csv'}, {output / 'label_efficiency.png'}")
     return rows

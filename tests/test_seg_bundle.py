@@ -28,7 +28,7 @@ AFFINE = np.array([[-1.6, 0, 0, 30.0], [0, 1.8, 0, -20.0], [0, 0, 2.5, 10.0], [0
 
 
 def make_synthetic_dataset(folder: Path, cases: int, shape=(40, 36, 20), seed: int = 0) -> list[dict[str, str]]:
-    """Write ``cases`` noisy images with a bright ellipsoid and its label (NIfTI, ``AFFINE``); return datalist entries."""
+    """Write ``cases`` noisy images with a bright ellipsoid and its label (NIfTI, ``AFFINE``); return entries."""
     rng = np.random.default_rng(seed)
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
     (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -47,11 +47,11 @@ def make_synthetic_dataset(folder: Path, cases: int, shape=(40, 36, 20), seed: i
 
 
 def copy_bundle(destination: Path) -> Path:
-    """The cover_seg bundle files in ``destination/cover_seg`` (outputs of a run then land there, not in the repo)."""
+    """The cover_seg bundle files in ``destination/cover_seg`` (a run's outputs then land there, not in the repo)."""
     target = destination / "cover_seg"
     target.mkdir(parents=True)
-    for name in ("train.json", "no_validation.json", "evaluate.json", "inference.json", "metadata.json", "logging.conf"):
-        shutil.copy(BUNDLE / name, target / name)
+    for path in [*BUNDLE.glob("*.json"), BUNDLE / "logging.conf"]:
+        shutil.copy(path, target / path.name)
     return target
 
 
@@ -83,7 +83,8 @@ def test_segnet_shapes_and_frozen_backbone():
 
 def test_bundle_configs_agree():
     """The three configs define the network, preprocessing and data settings identically."""
-    configs = {name: json.loads((BUNDLE / name).read_text()) for name in ("train.json", "evaluate.json", "inference.json")}
+    names = ("train.json", "evaluate.json", "inference.json")
+    configs = {name: json.loads((BUNDLE / name).read_text()) for name in names}
     shared = ("bundle_root", "ckpt_dir", "dataset_dir", "device", "amp", "modality", "pixdim", "preprocessing_args",
               "in_channels", "num_classes", "channels", "patch_size", "infer_roi_size", "sw_overlap", "network")
     for key in shared:
@@ -101,7 +102,8 @@ def test_train_resume_evaluate_infer(tmp_path):
     run from another working directory, outputs land in the bundle folder."""
     data = tmp_path / "data"
     entries = make_synthetic_dataset(data, cases=4)
-    (data / "datalist.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3], "test": entries[3:]}))
+    datalist = {"training": entries[:2], "validation": entries[2:3], "test": entries[3:]}
+    (data / "datalist.json").write_text(json.dumps(datalist))
     bundle = copy_bundle(tmp_path / "bundles")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -172,7 +174,8 @@ def test_shared_data_datalists_are_disjoint_and_grouped():
 
         groups = {key: {group(e["image"]) for e in entries} for key, entries in lists.items()}
         assert len(groups["training"] | groups["validation"]) == pool_groups and len(groups["test"]) == test_groups
-        assert not groups["training"] & groups["validation"] and not (groups["training"] | groups["validation"]) & groups["test"]
+        assert not groups["training"] & groups["validation"]
+        assert not (groups["training"] | groups["validation"]) & groups["test"]
         for entries in lists.values():
             assert all(group(e["image"]) == group(e["label"]) for e in entries)
         if name == "acdc":  # both phases of every patient, on the same side

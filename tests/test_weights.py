@@ -18,7 +18,7 @@ CHANNELS = (8, 8, 16, 16, 16)
 
 
 class Wrapper(nn.Module):
-    """Stands for a wrapper that registers the wrapped network under a name (DDP: ``module``, compile: ``_orig_mod``)."""
+    """A wrapper registering the wrapped network under a name (DDP: ``module``, torch.compile: ``_orig_mod``)."""
 
     def __init__(self, name: str, network: nn.Module) -> None:
         super().__init__()

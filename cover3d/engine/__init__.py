@@ -1,10 +1,18 @@
+from cover3d.engine.best_checkpoint import BestCheckpointSaver
 from cover3d.engine.bundle import locate_bundle
-from cover3d.engine.checkpoints import AtomicCheckpointSaver, ResumeFromLatest, latest_checkpoint, save_atomic
+from cover3d.engine.checkpoints import (
+    AtomicCheckpointSaver,
+    ResumeFromLatest,
+    latest_checkpoint,
+    save_atomic,
+    write_json_atomic,
+)
 from cover3d.engine.trainer import CoverTrainer, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "BestCheckpointSaver",
     "CoverTrainer",
     "FieldValidation",
     "ResumeFromLatest",
@@ -16,4 +24,5 @@ __all__ = [
     "report_field_accuracy",
     "save_atomic",
     "scalar_outputs",
+    "write_json_atomic",
 ]

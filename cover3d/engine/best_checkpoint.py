@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from ignite.engine import Engine, Events
 from torch import nn
 
-from cover3d.engine.checkpoints import save_atomic
+from cover3d.engine.checkpoints import save_atomic, write_json_atomic
 
 __all__ = ["BestCheckpointSaver"]
 
@@ -29,7 +28,9 @@ class BestCheckpointSaver:
     non-atomically (``DiskSaver(atomic=False)``) and forgets the best value on resumption.
     """
 
-    def __init__(self, save_dir: str | os.PathLike, network: nn.Module, filename: str = "model.pt", resume: bool = True) -> None:
+    def __init__(
+        self, save_dir: str | os.PathLike, network: nn.Module, filename: str = "model.pt", resume: bool = True
+    ) -> None:
         self.path = Path(save_dir) / filename
         self.record = self.path.with_suffix(".json")
         self.network = network
@@ -47,9 +48,7 @@ class BestCheckpointSaver:
             return
         network = getattr(self.network, "module", self.network)  # DDP / DataParallel: no "module." prefix
         save_atomic(network.state_dict(), self.path)
-        record = {"metric": engine.state.key_metric_name, "value": float(engine.state.best_metric), "epoch": engine.state.epoch}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.record.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, self.record)
+        state = engine.state
+        record = {"metric": state.key_metric_name, "value": float(state.best_metric), "epoch": state.epoch}
+        write_json_atomic(record, self.record)
         logger.info(f"new best {record['metric']} {record['value']:.4f} at epoch {record['epoch']}: wrote {self.path}")

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader
 
-__all__ = ["save_atomic", "latest_checkpoint", "AtomicCheckpointSaver", "ResumeFromLatest"]
+__all__ = ["save_atomic", "write_json_atomic", "latest_checkpoint", "AtomicCheckpointSaver", "ResumeFromLatest"]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
-def save_atomic(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: readers never see a partial file."""
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``: readers never see a
+    partial file, and a failure leaves the previous file untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``json.dump(obj)`` (indented) to ``path`` atomically."""
+    _write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:

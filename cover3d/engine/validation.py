@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Randomizable
 
+from cover3d.engine.checkpoints import write_json_atomic
 from cover3d.metrics import endpoint_error
 
 __all__ = ["fixed_pairs", "field_accuracy", "report_field_accuracy", "FieldValidation"]
@@ -59,8 +58,7 @@ def report_field_accuracy(
 ) -> dict[str, float]:
     """:func:`field_accuracy` plus the number of pairs, logged and written as JSON to ``output_file``."""
     result = {**field_accuracy(network, pairs, amp=amp), "pairs": len(pairs)}
-    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(output_file).write_text(json.dumps(result, indent=2))
+    write_json_atomic(result, output_file)
     logger.info(f"field accuracy on {len(pairs)} pairs: EPE {result['epe']:.3f} vox, identity {result['epe_identity']:.3f} vox")
     return result
 

@@ -20,10 +20,12 @@ class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
     voxel distances. Inputs as in MONAI: one-hot ``(B, C, *S)``; output ``(B, C)`` (``C - 1`` without background).
     """
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
         if kwargs.get("spacing") is None:
             if not isinstance(y, MetaTensor):
-                raise ValueError("PhysicalHausdorffDistanceMetric needs y as a MetaTensor (with an affine) or a spacing")
+                raise ValueError("PhysicalHausdorffDistanceMetric needs y as a MetaTensor (with an affine) or spacing=")
             pixdim = y.pixdim
             per_sample = pixdim if y.is_batch else [pixdim] * y.shape[0]
             kwargs["spacing"] = [[float(s) for s in spacing] for spacing in per_sample]

@@ -1,4 +1,16 @@
 from cover3d.networks.blocks import VectorEmbeddingUnit, VectorPyramid, pyramid_reach
-from cover3d.networks.nets import CoverNet, UNetBackbone
+from cover3d.networks.nets import CoverNet, CoverSegNet, UNetBackbone
+from cover3d.networks.weights import WeightLoadReport, load_pretrained_weights, pretraining_metadata, read_state_dict
 
-__all__ = ["CoverNet", "UNetBackbone", "VectorEmbeddingUnit", "VectorPyramid", "pyramid_reach"]
+__all__ = [
+    "CoverNet",
+    "CoverSegNet",
+    "UNetBackbone",
+    "VectorEmbeddingUnit",
+    "VectorPyramid",
+    "WeightLoadReport",
+    "load_pretrained_weights",
+    "pretraining_metadata",
+    "pyramid_reach",
+    "read_state_dict",
+]

@@ -132,9 +132,9 @@ def load_pretrained_weights(
     if not 0.0 <= min_fraction <= 1.0:
         raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     target = _unwrap(network)
-    source_name = str(weights) if isinstance(weights, (str, os.PathLike)) else "<state dict>"
-    source = read_state_dict(weights) if isinstance(weights, (str, os.PathLike)) else _find_state_dict(weights, source_name)
-    source = _strip_wrapper_prefixes(source)
+    is_file = isinstance(weights, (str, os.PathLike))
+    source_name = str(weights) if is_file else "<state dict>"
+    source = _strip_wrapper_prefixes(read_state_dict(weights) if is_file else _find_state_dict(weights, source_name))
     target_state = target.state_dict()
     source_prefix, target_prefix = _best_prefixes(source, target_state)
     renamed = {_renamed(k, source_prefix, target_prefix): v for k, v in source.items() if k.startswith(source_prefix)}
@@ -154,7 +154,7 @@ def load_pretrained_weights(
         unexpected=[k for k in source if _renamed(k, source_prefix, target_prefix) not in target_state],
         backbone_fraction=_backbone_fraction(target, target_state, loaded),
         prefixes=(source_prefix, target_prefix),
-        metadata=pretraining_metadata(weights) if isinstance(weights, (str, os.PathLike)) else None,
+        metadata=pretraining_metadata(weights) if is_file else None,
     )
     if report.backbone_fraction < min_fraction:
         raise ValueError(
@@ -296,7 +296,9 @@ def _input_conv_key(network: nn.Module) -> str | None:
     return None if conv is None else f"{conv}.weight"
 
 
-def _adapt_input_conv(network: nn.Module, target: Mapping[str, torch.Tensor], source: dict[str, torch.Tensor]) -> list[str]:
+def _adapt_input_conv(
+    network: nn.Module, target: Mapping[str, torch.Tensor], source: dict[str, torch.Tensor]
+) -> list[str]:
     """Replace (in ``source``) the input kernel (O, C_src, *k) by one for the target's C_dst input channels.
 
     New kernel = sum over the C_src channels / C_dst, repeated C_dst times: an input with the same image on
@@ -306,7 +308,10 @@ def _adapt_input_conv(network: nn.Module, target: Mapping[str, torch.Tensor], so
     if key is None or key not in source or key not in target:
         return []
     kernel, wanted = source[key], target[key].shape
-    if kernel.shape == wanted or kernel.ndim != len(wanted) or kernel.shape[:1] + kernel.shape[2:] != wanted[:1] + wanted[2:]:
+    only_inputs_differ = kernel.ndim == len(wanted) and kernel.shape[1] != wanted[1] and all(
+        a == b for i, (a, b) in enumerate(zip(kernel.shape, wanted)) if i != 1
+    )
+    if not only_inputs_differ:
         return []
     summed = kernel.sum(dim=1, keepdim=True) / wanted[1]
     source[key] = summed.expand(-1, wanted[1], *wanted[2:]).clone()
@@ -316,8 +321,8 @@ def _adapt_input_conv(network: nn.Module, target: Mapping[str, torch.Tensor], so
 def _backbone_fraction(network: nn.Module, target: Mapping[str, torch.Tensor], loaded: list[str]) -> float:
     """Loaded fraction of the tensors under ``backbone.`` (of all tensors when the network has no backbone)."""
     prefix = "backbone." if isinstance(getattr(network, "backbone", None), nn.Module) else ""
-    keys = [k for k in target if k.startswith(prefix)]
-    return sum(k in set(loaded) for k in keys) / max(1, len(keys))
+    keys, loaded_keys = [k for k in target if k.startswith(prefix)], set(loaded)
+    return sum(k in loaded_keys for k in keys) / max(1, len(keys))
 
 
 def _mismatch_hint(network: nn.Module, report: WeightLoadReport) -> str:
