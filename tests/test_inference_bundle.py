@@ -133,3 +133,20 @@ def test_default_outputs_go_to_the_bundle_folder_and_bad_input_is_named(tmp_path
             run(config_file=config, **overrides, **common)
         assert expected in error_chain(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_field_pads_to_the_network_size_and_crops_back():
+    from cover3d.engine.field_inference import predict_field
+
+    torch.manual_seed(0)
+    network = CoverNet(channels=CHANNELS, groups=GROUPS).train()
+    views = torch.rand(2, 1, 1, 32, 32, 32)
+    with torch.no_grad():
+        direct = network.eval()(torch.cat([views[0], views[1]], 1))
+    network.train()
+    torch.testing.assert_close(predict_field(network, views[0], views[1]), direct)
+    assert network.training  # mode restored
+    odd = predict_field(network, views[0][..., :30, :27, :19], views[1][..., :30, :27, :19])
+    assert odd.shape == (1, 3, 30, 27, 19) and torch.isfinite(odd).all()
+    with pytest.raises(ValueError, match="one shape"):
+        predict_field(network, views[0], views[1][..., :30])

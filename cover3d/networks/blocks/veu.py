@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cover3d.networks.blocks.veu_streaming import StreamingVectorEmbedding
+from cover3d.networks.blocks.veu_streaming import StreamingVectorEmbedding, streaming_forward
 
 __all__ = ["offset_template", "neighbour_valid", "vector_embedding", "vector_embedding_reference", "VectorEmbeddingUnit"]
 
@@ -73,6 +73,8 @@ def vector_embedding(query: torch.Tensor, key: torch.Tensor, radius: int, groups
     _check_inputs(query, key, groups)
     offsets = [tuple(o) for o in offset_template(radius, query.ndim - 2).long().tolist()]
     with _autocast_off(query.device):
+        if torch.jit.is_tracing():  # autograd Functions cannot be exported; inference needs no custom backward
+            return streaming_forward(*_full_precision(query, key), offsets, groups)[0].mean(1)
         return StreamingVectorEmbedding.apply(*_full_precision(query, key), offsets, groups)
 
 

@@ -18,14 +18,14 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["StreamingVectorEmbedding"]
+__all__ = ["StreamingVectorEmbedding", "streaming_forward"]
 
 Region = tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]
 
 
 def _offset_region(offset: Sequence[int], spatial: Sequence[int]) -> Region | None:
     """Index tuples over the voxels ``p`` whose neighbour ``p + offset`` is inside the grid, or None if there is none:
-    ``(p in a (B, J, *S) tensor, p in a (B, J, K, *S) tensor, p + offset in a (B, J, K, *S) tensor)``."""
+    ``(p in a (B, J, *S) tensor, p in a (B, J, H, *S) tensor, p + offset in a (B, J, H, *S) tensor)``."""
     at_p, at_neighbour = [], []
     for o, n in zip(offset, spatial):
         lo, hi = max(0, -o), n - max(0, o)
@@ -38,12 +38,48 @@ def _offset_region(offset: Sequence[int], spatial: Sequence[int]) -> Region | No
 
 
 def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(2)`` for ``(B, J, K, *R)`` views, accumulated channel by channel: no ``(B, J, K, *R)`` temporary,
-    and about 4x faster on CPU than the mul + strided reduction."""
+    """``(a * b).sum(2)`` for ``(B, J, H, *R)`` views (H channels per group), accumulated channel by channel: no
+    ``(B, J, H, *R)`` temporary, and about 4x faster on CPU than the mul + strided reduction."""
     out = a[:, :, 0] * b[:, :, 0]
     for channel in range(1, a.shape[2]):
         out.addcmul_(a[:, :, channel], b[:, :, channel])
     return out
+
+
+def streaming_forward(
+    query: torch.Tensor, key: torch.Tensor, offsets: list[tuple[int, ...]], groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The streaming forward pass in plain tensor ops (also what ``torch.jit.trace`` records for export).
+
+    Returns per-group vectors ``(B, J, d, *S)`` and the log-sum-exp of the scores ``(B, J, *S)``.
+    """
+    b, c, *spatial = query.shape
+    nd = len(spatial)
+    scale = (c // groups) ** -0.5
+    q = query.reshape(b, groups, c // groups, *spatial)
+    k = key.reshape(b, groups, c // groups, *spatial)
+    # start from the zero offset (valid everywhere): running max = its score, normaliser 1, offset sum 0
+    run_max = _channel_dot(q, k).mul_(scale)  # (B, J, *S)
+    norm = torch.ones_like(run_max)
+    acc = q.new_zeros((b, groups, nd, *spatial))  # sum_o exp(s_o - max) * o
+    for offset in offsets:
+        region = _offset_region(offset, spatial) if any(offset) else None
+        if region is None:
+            continue
+        at_p, at_p_ch, at_nb_ch = region
+        score = _channel_dot(q[at_p_ch], k[at_nb_ch]).mul_(scale)
+        max_r, norm_r, acc_r = run_max[at_p], norm[at_p], acc[at_p_ch]
+        new_max = torch.maximum(max_r, score)
+        rescale = (max_r - new_max).exp_()
+        weight = score.sub_(new_max).exp_()
+        norm_r.mul_(rescale).add_(weight)
+        acc_r.mul_(rescale.unsqueeze(2))
+        for axis, o in enumerate(offset):
+            if o:
+                acc_r[:, :, axis].add_(weight, alpha=o)
+        max_r.copy_(new_max)
+    vectors = acc.div_(norm.unsqueeze(2))  # (B, J, d, *S) per-group soft-argmax
+    return vectors, run_max.add_(norm.log_())
 
 
 class StreamingVectorEmbedding(torch.autograd.Function):
@@ -55,33 +91,7 @@ class StreamingVectorEmbedding(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, offsets: list[tuple[int, ...]], groups: int) -> torch.Tensor:
-        b, c, *spatial = query.shape
-        nd = len(spatial)
-        scale = (c // groups) ** -0.5
-        q = query.reshape(b, groups, c // groups, *spatial)
-        k = key.reshape(b, groups, c // groups, *spatial)
-        # start from the zero offset (valid everywhere): running max = its score, normaliser 1, offset sum 0
-        run_max = _channel_dot(q, k).mul_(scale)  # (B, J, *S)
-        norm = torch.ones_like(run_max)
-        acc = q.new_zeros((b, groups, nd, *spatial))  # sum_o exp(s_o - max) * o
-        for offset in offsets:
-            region = _offset_region(offset, spatial) if any(offset) else None
-            if region is None:
-                continue
-            at_p, at_p_ch, at_nb_ch = region
-            score = _channel_dot(q[at_p_ch], k[at_nb_ch]).mul_(scale)
-            max_r, norm_r, acc_r = run_max[at_p], norm[at_p], acc[at_p_ch]
-            new_max = torch.maximum(max_r, score)
-            rescale = (max_r - new_max).exp_()
-            weight = score.sub_(new_max).exp_()
-            norm_r.mul_(rescale).add_(weight)
-            acc_r.mul_(rescale.unsqueeze(2))
-            for axis, o in enumerate(offset):
-                if o:
-                    acc_r[:, :, axis].add_(weight, alpha=o)
-            max_r.copy_(new_max)
-        vectors = acc.div_(norm.unsqueeze(2))  # (B, J, d, *S) per-group soft-argmax
-        lse = run_max.add_(norm.log_())
+        vectors, lse = streaming_forward(query, key, offsets, groups)
         ctx.save_for_backward(query, key, lse, vectors)
         ctx.offsets, ctx.groups = offsets, groups
         return vectors.mean(1)
