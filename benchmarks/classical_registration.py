@@ -131,10 +131,11 @@ def demons(fixed: sitk.Image, moving: sitk.Image, quick: bool) -> sitk.Image:
     iterations = [30, 20, 10] if quick else [60, 40, 20]
     field = None
     for shrink, sigma, steps in zip(LEVELS["shrink"], LEVELS["sigmas"], iterations):
-        level = [
-            sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, [sigma * s for s in image.GetSpacing()]) if sigma else image, [shrink] * 3)
+        smoothed = [
+            sitk.SmoothingRecursiveGaussian(image, [sigma * s for s in image.GetSpacing()]) if sigma else image
             for image in (fixed, moving)
-        ]  # fmt: skip
+        ]
+        level = [sitk.Shrink(image, [shrink] * 3) for image in smoothed]
         if field is None:
             initial = sitk.Image(level[0].GetSize(), sitk.sitkVectorFloat64)
             initial.CopyInformation(level[0])
@@ -155,8 +156,22 @@ SITK_METHODS: dict[str, Callable[[sitk.Image, sitk.Image, bool], sitk.Image]] = 
 }
 
 
+METHODS = ("zero field", "cover3d", *SITK_METHODS)
+METRICS = ("epe_vox", "epe_mm", "within_1vox", "folding", "seconds")  # CSV columns after pair, volume, method
+
+
+def estimate(method: str, pair: dict, network: torch.nn.Module, grid: np.ndarray, quick: bool) -> torch.Tensor:
+    """Backward field ``(3, *S)`` (voxels) of ``pair`` estimated by ``method``; SimpleITK runs on ``grid`` (affine)."""
+    if method == "zero field":
+        return torch.zeros_like(pair["ddf"])
+    if method == "cover3d":
+        return predict_field(network, pair["image"][None], pair["image_b"][None])[0].cpu()
+    fixed, moving = to_itk_image(pair["image_b"], grid), to_itk_image(pair["image"], grid)
+    return field_from_itk_image(SITK_METHODS[method](fixed, moving, quick))[0]
+
+
 def load_bundle(bundle: Path, weights: Path, device: torch.device):
-    """The bundle's config and its ``CoverNet`` with ``weights`` (a state dict, or a training checkpoint holding one)."""
+    """The bundle's config and its ``CoverNet`` with ``weights`` (a state dict, or a training checkpoint with one)."""
     config = ConfigParser()
     config.read_config(str(bundle / "train.json"))
     config["bundle_root"] = str(bundle)
@@ -169,10 +184,10 @@ def describe_weights(weights: Path) -> str:
     """Path, time written and, from the file itself or the newest checkpoint next to it, the training iterations."""
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(weights.stat().st_mtime))
     text = f"weights {weights} (written {stamp})"
-    content = torch.load(weights, map_location="cpu", weights_only=True)
-    source = weights if "trainer" in content else latest_checkpoint(weights.parent)
+    source = weights if "trainer" in torch.load(weights, map_location="cpu", weights_only=True) else None
+    source = source or latest_checkpoint(weights.parent)
     if source is not None:
-        trainer = content["trainer"] if source == weights else torch.load(source, map_location="cpu", weights_only=True)["trainer"]
+        trainer = torch.load(source, map_location="cpu", weights_only=True)["trainer"]
         text += f"; trained {trainer['iteration']} iterations ({trainer['epoch_length']} per epoch, from {source.name})"
     return text
 
@@ -190,13 +205,13 @@ def evaluate(field: torch.Tensor, pair: dict, spacing: list[float]) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="pretraining bundle folder, e.g. bundles/cover_ct")
-    parser.add_argument("--weights", default=None, help="CoverNet state dict or training checkpoint (default <bundle>/models/model.pt)")
+    parser.add_argument("--weights", default=None, help="state dict or checkpoint (default <bundle>/models/model.pt)")
     parser.add_argument("--pairs", type=int, default=None, help="number of pairs (default 8; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="2 pairs and half the registration iterations")
-    parser.add_argument("--volumes", nargs="+", default=None, help="held-out volumes (default: HELD_OUT for the bundle)")
+    parser.add_argument("--volumes", nargs="+", default=None, help="held-out volumes (default: the bundle's HELD_OUT)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ITK")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", default=None, help="CSV (default benchmarks/results/classical_registration_<bundle>.csv)")
+    parser.add_argument("--output", default=None, help="CSV (default: benchmarks/results/<script>_<bundle>.csv)")
     args = parser.parse_args()
 
     bundle = Path(args.bundle).resolve()
@@ -204,7 +219,8 @@ def main() -> None:
         sys.exit(f"error: {bundle} is not a pretraining bundle folder (no train.json)")
     weights = Path(args.weights) if args.weights else bundle / "models" / "model.pt"
     if not weights.is_file():
-        sys.exit(f"error: no weights at {weights}: train the bundle first (python -m monai.bundle run --config_file {bundle / 'train.json'})")
+        train = f"python -m monai.bundle run --config_file {bundle / 'train.json'}"
+        sys.exit(f"error: no weights at {weights}: train the bundle first ({train})")
     if args.volumes:
         volumes = [Path(v) for v in args.volumes]
     elif bundle.name in HELD_OUT:
@@ -237,28 +253,26 @@ def main() -> None:
     rows = []
     for index, pair in enumerate(pairs):
         volume = volumes[index % len(volumes)].name
-        fixed, moving = to_itk_image(pair["image_b"], grid), to_itk_image(pair["image"], grid)
-        rows.append({"pair": index, "volume": volume, "method": "zero field", **evaluate(torch.zeros_like(pair["ddf"]), pair, spacing), "seconds": 0.0})
-        start = time.perf_counter()
-        field = predict_field(network, pair["image"][None], pair["image_b"][None])[0].cpu()
-        rows.append({"pair": index, "volume": volume, "method": "cover3d", **evaluate(field, pair, spacing), "seconds": time.perf_counter() - start})
-        for name, register in SITK_METHODS.items():
+        for method in METHODS:
             start = time.perf_counter()
-            field, _ = field_from_itk_image(register(fixed, moving, args.quick))
-            rows.append({"pair": index, "volume": volume, "method": name, **evaluate(field, pair, spacing), "seconds": time.perf_counter() - start})
-        print(f"pair {index + 1}/{num_pairs} ({volume}): " + ", ".join(f"{r['method']} {r['epe_vox']:.2f}" for r in rows[-5:]), flush=True)
+            field = estimate(method, pair, network, grid, args.quick)
+            seconds = time.perf_counter() - start
+            metrics = evaluate(field, pair, spacing)
+            rows.append({"pair": index, "volume": volume, "method": method, **metrics, "seconds": seconds})
+        errors = ", ".join(f"{r['method']} {r['epe_vox']:.2f}" for r in rows[-len(METHODS) :])
+        print(f"pair {index + 1}/{num_pairs} ({volume}) EPE: {errors}", flush=True)
 
-    methods = list(dict.fromkeys(r["method"] for r in rows))
     table = []
-    for method in methods:
+    for method in METHODS:
         mine = [r for r in rows if r["method"] == method]
-        mean = {k: float(np.mean([r[k] for r in mine])) for k in ("epe_vox", "epe_mm", "within_1vox", "folding", "seconds")}
+        mean = {key: float(np.mean([r[key] for r in mine])) for key in METRICS}
         table.append([method, f"{mean['epe_vox']:.2f}", f"{mean['epe_mm']:.2f}", f"{100 * mean['within_1vox']:.1f}",
                       f"{100 * mean['folding']:.3f}", fmt_s(mean["seconds"])])  # fmt: skip
     headers = ["method", "EPE (voxels)", "EPE (mm)", "EPE <= 1 voxel (%)", "folding (%)", "seconds / pair"]
     print("\nmeans over pairs, valid voxels:\n" + markdown_table(headers, table))
 
-    output = Path(args.output) if args.output else REPO / "benchmarks" / "results" / f"classical_registration_{bundle.name}.csv"
+    default_output = REPO / "benchmarks" / "results" / f"classical_registration_{bundle.name}.csv"
+    output = Path(args.output) if args.output else default_output
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -74,7 +74,7 @@ def test_bundle_trains_resumes_evaluates_and_exports(name, tmp_path):
            "--use_trace", "True", "--input_shape", "[1, 2, 32, 32, 32]", cwd=tmp_path)  # fmt: skip
     scripted = torch.jit.load(str(exported))
     net = CoverNet(channels=(4, 8, 8, 16, 16), groups=(2, 2, 2, 1, 1))
-    net.load_state_dict(state)
+    net.load_state_dict(torch.load(weights, weights_only=True))  # the weights of the resumed run, as exported
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():
         assert torch.allclose(scripted(x), net.eval()(x), atol=1e-4)

@@ -42,7 +42,8 @@ def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProce
 def itk_resampled(moving: Path, field: Path) -> np.ndarray:
     """``moving`` resampled by SimpleITK onto the field's grid with the field as transform, as (X, Y, Z)."""
     image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
-    resampled = sitk.Resample(image, sitk.ReadImage(str(field)), read_displacement_field_transform(field), sitk.sitkLinear, 0.0)
+    transform = read_displacement_field_transform(field)
+    resampled = sitk.Resample(image, sitk.ReadImage(str(field)), transform, sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
 
 
@@ -104,7 +105,8 @@ def test_mri_two_volumes_on_the_fixed_grid(tmp_path):
     run(
         config_file=json.loads(configs("cover_mri").replace("'", '"')),
         image_a=str(folder / "stroke_t1.nii.gz"), image_b=str(folder / "stroke_t2.nii.gz"),
-        weights=tiny_weights(tmp_path), predictions_dir=str(outputs), channels=list(CHANNELS), groups=list(GROUPS), pixdim=[PIXDIM] * 3,
+        weights=tiny_weights(tmp_path), predictions_dir=str(outputs), channels=list(CHANNELS), groups=list(GROUPS),
+        pixdim=[PIXDIM] * 3,
     )  # fmt: skip
     prefix = outputs / "stroke_t1_to_stroke_t2"
     summary = json.loads(Path(f"{prefix}_summary.json").read_text())
@@ -126,7 +128,7 @@ def test_default_outputs_go_to_the_bundle_folder_and_bad_input_is_named(tmp_path
     assert Path(parser.get_parsed_content("predictions_dir")) == REPO / "bundles" / "cover_ct" / "predictions"
 
     weights = tiny_weights(tmp_path)
-    common = {"weights": weights, "predictions_dir": str(tmp_path / "out"), "channels": list(CHANNELS), "groups": list(GROUPS)}
+    common = dict(weights=weights, predictions_dir=str(tmp_path / "out"), channels=list(CHANNELS), groups=list(GROUPS))
     config = json.loads(configs("cover_ct").replace("'", '"'))
     for overrides, expected in (({}, "--image_a"), ({"image_a": str(tmp_path / "absent.nii.gz")}, "absent.nii.gz")):
         with pytest.raises(Exception) as caught:

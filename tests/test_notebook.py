@@ -38,7 +38,7 @@ def test_inspect_dvf_notebook_executes_and_shows_figures_and_metrics(tmp_path, m
     figures = [png_size(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 7  # slices, predicted and true field, comparison, Jacobian, PCA, interactive (static)
     assert all(width >= 300 and height >= 150 for width, height in figures)
-    text = "".join(o.get("text", "") for o in outputs) + "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "Note: no weights" in text
     for name in ("EPE predicted (voxels)", "folding fraction, predicted", "inverse consistency a->b vs b->a (voxels)"):
         match = re.search(re.escape(name) + r"\s+([-0-9.]+)", text)

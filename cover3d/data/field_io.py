@@ -25,13 +25,13 @@ import torch
 __all__ = [
     "FIELD_SUFFIXES",
     "ItkGeometry",
-    "itk_geometry",
-    "to_itk_image",
-    "field_to_itk_image",
     "field_from_itk_image",
-    "write_displacement_field",
+    "field_to_itk_image",
+    "itk_geometry",
     "read_displacement_field",
     "read_displacement_field_transform",
+    "to_itk_image",
+    "write_displacement_field",
 ]
 
 FIELD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -98,7 +98,7 @@ def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def to_itk_image(volume: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor) -> sitk.Image:
-    """Scalar float32 ITK image of ``volume`` ``(X, Y, Z)`` or ``(1, X, Y, Z)`` on the grid of ``affine`` (voxel -> RAS mm).
+    """Scalar float32 ITK image of ``volume`` ``(X, Y, Z)`` or ``(1, X, Y, Z)`` on the grid of ``affine`` (voxel->RAS).
 
     Raises:
         ValueError: ``volume`` is not one 3D scalar volume, or the affine is unusable (see :func:`itk_geometry`).

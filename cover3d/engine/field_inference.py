@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import ResampleToMatch
+from monai.utils import convert_to_tensor
 
 from cover3d.data.field_io import write_displacement_field
 from cover3d.data.readers import volume_suffix
@@ -24,7 +25,7 @@ from cover3d.fields import warp
 from cover3d.metrics import endpoint_error, folding_fraction
 from cover3d.transforms import RandDeformationField, fraction_within_reach
 
-__all__ = ["predict_field", "inference_pair", "save_field_prediction"]
+__all__ = ["inference_pair", "predict_field", "save_field_prediction"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,15 @@ def predict_field(
     network needs sizes divisible by 16), the whole padded volume goes through one eval-mode forward, and the field
     is cropped back (padding at the far end leaves the indices, hence the field values, of the volume unchanged)."""
     if view_a.shape != view_b.shape or view_a.ndim != 5:
-        raise ValueError(f"views must be (B, C, D, H, W) of one shape, got {tuple(view_a.shape)} and {tuple(view_b.shape)}")
+        shapes = f"{tuple(view_a.shape)} and {tuple(view_b.shape)}"
+        raise ValueError(f"views must be (B, C, D, H, W) of one shape, got {shapes}")
     was_training = network.training
     network.eval()
     device = next(network.parameters()).device
     size = view_a.shape[2:]
     pad = [p for n in reversed(size) for p in (0, -n % divisor)]  # F.pad order: last axis first
-    inputs = F.pad(torch.cat([torch.as_tensor(view_a), torch.as_tensor(view_b)], 1).float(), pad).to(device)
+    views = [convert_to_tensor(v, dtype=torch.float32, track_meta=False) for v in (view_a, view_b)]
+    inputs = F.pad(torch.cat(views, 1), pad).to(device)
     with torch.autocast(device.type, enabled=amp):
         field = network(inputs).float()
     network.train(was_training)
@@ -110,7 +113,8 @@ def save_field_prediction(
     - ``fixed.nii.gz`` / ``moving.nii.gz``: the preprocessed views b and a (a on b's grid), the network inputs;
     - random deformation only: ``true_field.nii.gz`` (ITK, as above);
     - ``summary.json``: name, mode, grid, mean |field| (mm) and folding fraction, and for a random deformation the
-      mean end-point error (voxels) of the prediction and of the zero field over voxels whose target is inside.
+      mean end-point error (voxels) of the prediction and of the zero field over the voxels whose target
+      ``p + psi(p)`` is inside the volume, and the fraction of those within the network's reach.
 
     Returns a dict of the written paths (keys as above without suffix, plus ``summary``).
     """
@@ -131,7 +135,7 @@ def save_field_prediction(
         "mode": "random deformation" if "ddf" in pair else "two volumes",
         "shape": list(field.shape[1:]),
         "spacing_mm": spacing.tolist(),
-        "mean_displacement_mm": float(torch.linalg.vector_norm(field * spacing[:, None, None, None].float(), dim=0).mean()),
+        "mean_displacement_mm": float(torch.linalg.vector_norm(field * spacing.float().view(3, 1, 1, 1), dim=0).mean()),
         "folding_fraction": float(folding_fraction(field[None])[0]),
     }
     if "ddf" in pair:
