@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -114,24 +115,40 @@ CASES = {
 }
 
 
+def paired_ratio(res: dict, ref: dict, key) -> float | None:
+    """Median over repetitions of ``key(run) / key(reference run of the same repetition)``: runs were interleaved, so
+    each pair saw the same machine load."""
+    ratios = [key(a) / key(b) for a, b in zip(res["runs"], ref["runs"]) if "error" not in a and "error" not in b]
+    return statistics.median(ratios) if ratios else None
+
+
 def measure(args: argparse.Namespace, channels: tuple[int, ...], reps: int) -> list[list[str]]:
-    common = {"patch": args.patch, "batch": args.batch, "channels": channels, "device": args.device, "threads": args.threads}
+    common = dict(patch=args.patch, batch=args.batch, channels=channels, device=args.device, threads=args.threads)
     cases = {name: {**common, **spec} for name, spec in CASES.items()}
     print(f"channels {channels}: baseline + {len(cases)} cases x {reps} reps", flush=True)
-    baseline = interleaved(__file__, {"baseline": {**common, "kind": "baseline"}}, 1)["baseline"]
+    base = interleaved(__file__, {"baseline": {**common, "kind": "baseline"}}, 1)["baseline"]["peak_bytes"]
     results = interleaved(__file__, cases, reps)
     ref = results["backbone x2"]
     rows = []
     for name, res in results.items():
-        if "error" in res:
-            rows.append([name, str(channels), "-", "-", "-", "-", res["error"]])
+        if "error" in res or "error" in ref:
+            rows.append([name, str(channels), "-", "-", "-", "-", "-", res.get("error", ref.get("error"))])
             continue
-        extra = res["peak_bytes"] - baseline["peak_bytes"]
-        ref_extra = ref["peak_bytes"] - baseline["peak_bytes"] if "error" not in ref else None
-        time_ratio = res["seconds"] / ref["seconds"] if "error" not in ref else None
-        mem_ratio = extra / ref_extra if ref_extra else None
+        time_ratio = paired_ratio(res, ref, lambda r: r["seconds"])
+        mem_ratio = paired_ratio(res, ref, lambda r: r["peak_bytes"] - base)
         runs = ", ".join(fmt_s(r["seconds"]) for r in res["runs"])
-        rows.append([name, str(channels), fmt_s(res["seconds"]), fmt_ratio(time_ratio), fmt_mib(extra), fmt_ratio(mem_ratio), runs])
+        rows.append(
+            [
+                name,
+                str(channels),
+                fmt_s(res["seconds"]),
+                fmt_ratio(time_ratio),
+                fmt_ratio(res["seconds"] / ref["seconds"]),
+                fmt_mib(res["peak_bytes"] - base),
+                fmt_ratio(mem_ratio),
+                runs,
+            ]
+        )
     return rows
 
 
@@ -152,7 +169,11 @@ def main() -> None:
     if args.reduced:
         rows += measure(args, REDUCED_CHANNELS, reps)
     print(f"\npretraining step vs backbone alone: patch {args.patch}^3, batch {args.batch}, medians of {reps}")
-    headers = ["case", "widths", "time s", "time / backbone x2", "extra peak MiB", "mem / backbone x2", "runs s"]
+    print("ratios: median over repetitions of the ratio to the interleaved 'backbone x2' run of the same repetition")
+    headers = [
+        "case", "widths", "time s", "time / backbone x2", "(ratio of medians)", "extra peak MiB", "mem / backbone x2",
+        "runs s",
+    ]  # fmt: skip
     print(markdown_table(headers, rows))
 
 

@@ -132,7 +132,8 @@ def test_read_back_and_conversion_from_itk_transforms(tmp_path):
     )  # fmt: skip
     voxels, grid = field_from_itk_image(itk_field)
     expected = np.linalg.solve(affine[:3, :3], np.diag([-1.0, -1.0, 1.0]) @ shift_lps)
-    np.testing.assert_allclose(voxels.reshape(3, -1).T.numpy(), np.broadcast_to(expected, (voxels[0].numel(), 3)), atol=1e-5)
+    per_voxel = voxels.reshape(3, -1).T.numpy()
+    np.testing.assert_allclose(per_voxel, np.broadcast_to(expected, per_voxel.shape), atol=1e-5)
     np.testing.assert_allclose(grid, affine, atol=1e-6)
     assert field_to_itk_image(voxels, grid).GetPixelID() == sitk.sitkVectorFloat64
 
