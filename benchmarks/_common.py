@@ -2,9 +2,13 @@
 
 Why subprocesses: a process's peak RSS never goes down, so CPU peak memory is only honest when every case runs in a
 fresh interpreter. Each benchmark script re-invokes itself with ``--child '<json case>'``; the child runs the case
-and prints one JSON line ``{"seconds": ..., "peak_bytes": ...}``. "Extra" memory is a case's peak minus the peak of a
-baseline child that only imports and allocates the same inputs. On CUDA the child reports
+and prints one JSON line ``{"seconds": ..., "cpu_seconds": ..., "peak_bytes": ...}``. "Extra" memory is a case's
+peak minus the peak of a baseline child that only imports and allocates the same inputs. On CUDA the child reports
 ``torch.cuda.max_memory_allocated`` instead (RSS is meaningless there).
+
+Time: on a CPU shared with other users, wall time mostly measures how often the scheduler ran us. With one torch
+thread per case, the process CPU time of the timed region measures the work itself, so CPU-time ratios are what the
+tables compare (wall time is printed next to it); on CUDA, where CPU time means nothing, wall time is used.
 """
 
 from __future__ import annotations
@@ -65,15 +69,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def child_main(case: dict, run_case: Callable[[dict, torch.device], float | None]) -> None:
-    """Run one case in this (fresh) process and print its JSON report; ``run_case`` returns seconds or None
-    (baseline: inputs only)."""
+def timed(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Run ``fn`` once: ``{"seconds": wall, "cpu_seconds": process CPU time}`` (device synchronised around it)."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return {"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+
+
+def work_seconds(report: dict, device: str) -> float:
+    """The time a table compares: CPU seconds on CPU (threads=1), wall seconds on CUDA."""
+    return report["cpu_seconds"] if device == "cpu" else report["seconds"]
+
+
+def child_main(case: dict, run_case: Callable[[dict, torch.device], dict | None]) -> None:
+    """Run one case in this (fresh) process and print its JSON report; ``run_case`` returns :func:`timed`'s dict,
+    or None for a baseline (inputs only)."""
     torch.set_num_threads(int(case.get("threads", 1)))
     device = torch.device(case["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = run_case(case, device)
-    print(json.dumps({"seconds": seconds, "peak_bytes": peak_bytes(device)}), flush=True)
+    times = run_case(case, device) or {"seconds": None, "cpu_seconds": None}
+    print(json.dumps({**times, "peak_bytes": peak_bytes(device)}), flush=True)
 
 
 def run_child(script: str, case: dict, timeout: float | None = None) -> dict:
@@ -94,7 +112,8 @@ def run_child(script: str, case: dict, timeout: float | None = None) -> dict:
 def interleaved(script: str, cases: dict[str, dict], reps: int, log: Callable[[str], None] = print) -> dict[str, dict]:
     """Run every case ``reps`` times, interleaved (A, B, A, B, ...), each in a fresh process.
 
-    Returns per name: ``seconds`` (median), ``peak_bytes`` (median), ``runs`` (all reports) or ``error``.
+    Returns per name: ``seconds`` and ``cpu_seconds`` and ``peak_bytes`` (medians), ``runs`` (all reports), or
+    ``error``.
     """
     runs: dict[str, list[dict]] = {name: [] for name in cases}
     for rep in range(reps):
@@ -111,13 +130,21 @@ def interleaved(script: str, cases: dict[str, dict], reps: int, log: Callable[[s
         if errors:
             summary[name] = {"error": errors[0], "runs": reports}
             continue
-        times = [r["seconds"] for r in reports if r["seconds"] is not None]
-        summary[name] = {
-            "seconds": statistics.median(times) if times else None,
-            "peak_bytes": statistics.median(r["peak_bytes"] for r in reports),
-            "runs": reports,
-        }
+        summary[name] = {key: _median(r[key] for r in reports) for key in ("seconds", "cpu_seconds", "peak_bytes")}
+        summary[name]["runs"] = reports
     return summary
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def paired_ratio(runs: Sequence[dict], reference_runs: Sequence[dict], key: Callable[[dict], float]) -> float | None:
+    """Median over repetitions of ``key(run) / key(reference run of the same repetition)``: the runs were interleaved,
+    so each pair saw about the same machine load."""
+    ratios = [key(a) / key(b) for a, b in zip(runs, reference_runs) if "error" not in a and "error" not in b]
+    return statistics.median(ratios) if ratios else None
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

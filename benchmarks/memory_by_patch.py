@@ -27,6 +27,7 @@ from _common import (  # noqa: E402
     machine_line,
     markdown_table,
     memory_budget,
+    work_seconds,
 )
 from pretraining_step import DEFAULT_CHANNELS, run_case  # noqa: E402
 
@@ -48,7 +49,7 @@ def main() -> None:
     per_voxel: dict[str, float] = {}
     rows = []
     for patch, batch in sorted(itertools.product(patches, args.batches), key=lambda pb: pb[0] ** 3 * pb[1]):
-        common = {"patch": patch, "batch": batch, "channels": DEFAULT_CHANNELS, "device": args.device, "threads": args.threads}
+        common = dict(patch=patch, batch=batch, channels=DEFAULT_CHANNELS, device=args.device, threads=args.threads)
         baseline = interleaved(__file__, {"baseline": {**common, "kind": "baseline"}}, 1)["baseline"]
         voxels = patch**3 * batch
         row = [f"{patch}^3", batch]
@@ -64,10 +65,11 @@ def main() -> None:
                 continue
             extra = res["peak_bytes"] - baseline["peak_bytes"]
             per_voxel.setdefault(variant, extra / voxels)
-            row += [f"{extra / GiB:.2f}", fmt_s(res["seconds"])]
+            row += [f"{extra / GiB:.2f}", fmt_s(work_seconds(res, args.device))]
         rows.append(row)
     print("\npeak extra memory of one pretraining step (fp32), widths", DEFAULT_CHANNELS)
-    headers = ["patch", "batch", "plain GiB", "plain step s", "checkpoint_backbone GiB", "checkpoint_backbone step s"]
+    unit = "CPU s" if args.device == "cpu" else "s"
+    headers = ["patch", "batch", "plain GiB", f"plain step {unit}", "checkpoint_backbone GiB", f"checkpoint_backbone {unit}"]
     print(markdown_table(headers, rows))
 
 

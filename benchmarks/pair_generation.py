@@ -16,8 +16,10 @@ a multiple of 16: 96 -> 64, 128 -> 80):
   both views. It cannot return the field (see docs/monai_notes.md), so it does strictly less.
 
 Rows "deformation only" use no appearance augmentation in either pipeline; rows "with appearance" apply
-``appearance_augmentation("ct")`` to view a in both. Rates are medians over ``--reps`` interleaved chunks of
-``--pairs`` pairs each (A, B, A, B, ...), after one warm-up pair per pipeline.
+``appearance_augmentation("ct")`` to view a in both. Rates are pairs per CPU second of this single-threaded process
+(robust to other users of a shared machine; wall rates are printed in the log), medians over ``--reps`` interleaved
+chunks of ``--pairs`` pairs each (A, B, A, B, ...), after one warm-up pair per pipeline; the ratio is the median of
+the per-repetition ratios.
 """
 
 from __future__ import annotations
@@ -123,12 +125,14 @@ def monai_pipeline(patch: int, context: int, appearance: bool, magnitude: float)
     )
 
 
-def pairs_per_second(pipeline, volume: torch.Tensor, pairs: int) -> float:
-    start = time.perf_counter()
+def pairs_per_second(pipeline, volume: torch.Tensor, pairs: int) -> tuple[float, float]:
+    """``(pairs per CPU second, pairs per wall second)`` over ``pairs`` calls."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(pairs):
         out = pipeline({"image": volume})
-        assert out["image_b"].shape == out["image"].shape
-    return pairs / (time.perf_counter() - start)
+        if out["image_b"].shape != out["image"].shape:
+            raise RuntimeError(f"views differ in shape: {out['image'].shape} vs {out['image_b'].shape}")
+    return pairs / (time.process_time() - cpu), pairs / (time.perf_counter() - wall)
 
 
 def main() -> None:
@@ -156,21 +160,22 @@ def main() -> None:
                 "cover3d": cover_pipeline(patch, context, appearance),
                 "monai": monai_pipeline(patch, context, appearance, magnitude),
             }
-            rates: dict[str, list[float]] = {name: [] for name in pipelines}
+            rates: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
             for seed, pipe in enumerate(pipelines.values()):
                 pipe.set_random_state(seed)
                 pairs_per_second(pipe, volume, 1)  # warm-up
             for _ in range(reps):
                 for name, pipe in pipelines.items():
                     rates[name].append(pairs_per_second(pipe, volume, pairs))
-            cover, monai = statistics.median(rates["cover3d"]), statistics.median(rates["monai"])
-            paired = statistics.median(c / m for c, m in zip(rates["cover3d"], rates["monai"]))
+            cpu = {name: [r[0] for r in rs] for name, rs in rates.items()}
+            cover, monai = statistics.median(cpu["cover3d"]), statistics.median(cpu["monai"])
+            paired = statistics.median(c / m for c, m in zip(cpu["cover3d"], cpu["monai"]))
             label = "with appearance" if appearance else "deformation only"
-            print(f"  context {context}, patch {patch}, {label}: cover3d {rates['cover3d']}, monai {rates['monai']}")
-            rows.append([f"{context}^3", f"{patch}^3", label, f"{cover:.2f}", f"{monai:.2f}", f"{paired:.0f}x"])
+            print(f"  context {context}, patch {patch}, {label}: (CPU, wall) pairs/s {rates}", flush=True)
+            rows.append([f"{context}^3", f"{patch}^3", label, f"{cover:.2f}", f"{monai:.3f}", f"{paired:.0f}x"])
     print(f"\npair generation, {args.threads} thread(s), medians of {reps} chunks of {pairs} pairs")
     print("cover3d / MONAI: median over repetitions of the ratio of the two interleaved chunks of that repetition")
-    headers = ["context", "patch", "pipeline", "cover3d pairs/s", "MONAI pairs/s", "cover3d / MONAI"]
+    headers = ["context", "patch", "pipeline", "cover3d pairs/CPU s", "MONAI pairs/CPU s", "cover3d / MONAI"]
     print(markdown_table(headers, rows))
 
 

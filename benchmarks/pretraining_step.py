@@ -13,17 +13,17 @@ Cases (each in a fresh subprocess, interleaved, medians over ``--reps``):
 - ``backbone pair``: one backbone forward + backward on both views stacked (batch 2B), i.e. both views' activations
   held at once, as ``CoverNet`` does without backbone checkpointing.
 
-Time = wall time of one step after a warm-up step at 32^3 in the same process. Memory = peak (CPU: max RSS) minus
-the peak of a baseline child that only imports and allocates the inputs (views, field, mask).
+Time = one step after a warm-up step at 32^3 in the same process: CPU time of the single-threaded child (wall time
+on CUDA); ratios are medians over repetitions of the ratio to the interleaved ``backbone x2`` run. Memory = peak
+(CPU: max RSS) minus the peak of a baseline child that only imports and allocates the inputs (views, field, mask).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 
@@ -37,7 +37,9 @@ from _common import (  # noqa: E402
     interleaved,
     machine_line,
     markdown_table,
-    synchronize,
+    paired_ratio,
+    timed,
+    work_seconds,
 )
 
 DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
@@ -82,7 +84,7 @@ def backbone_passes(backbone, views: torch.Tensor, stacked: bool) -> None:
         sum(f.mean() for f in backbone(x)).backward()
 
 
-def run_case(case: dict, device: torch.device) -> float | None:
+def run_case(case: dict, device: torch.device) -> dict | None:
     views, ddf, mask = make_inputs(case["patch"], case["batch"], device)
     if case["kind"] == "baseline":
         return None
@@ -99,11 +101,7 @@ def run_case(case: dict, device: torch.device) -> float | None:
             backbone_passes(net.backbone, v, stacked=case["kind"] == "backbone_pair")
 
     run(*small)  # warm-up: lazy initialisation, optimizer state
-    synchronize(device)
-    start = time.perf_counter()
-    run(views, ddf, mask)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(lambda: run(views, ddf, mask), device)
 
 
 CASES = {
@@ -115,13 +113,6 @@ CASES = {
 }
 
 
-def paired_ratio(res: dict, ref: dict, key) -> float | None:
-    """Median over repetitions of ``key(run) / key(reference run of the same repetition)``: runs were interleaved, so
-    each pair saw the same machine load."""
-    ratios = [key(a) / key(b) for a, b in zip(res["runs"], ref["runs"]) if "error" not in a and "error" not in b]
-    return statistics.median(ratios) if ratios else None
-
-
 def measure(args: argparse.Namespace, channels: tuple[int, ...], reps: int) -> list[list[str]]:
     common = dict(patch=args.patch, batch=args.batch, channels=channels, device=args.device, threads=args.threads)
     cases = {name: {**common, **spec} for name, spec in CASES.items()}
@@ -129,24 +120,22 @@ def measure(args: argparse.Namespace, channels: tuple[int, ...], reps: int) -> l
     base = interleaved(__file__, {"baseline": {**common, "kind": "baseline"}}, 1)["baseline"]["peak_bytes"]
     results = interleaved(__file__, cases, reps)
     ref = results["backbone x2"]
+    work = partial(work_seconds, device=args.device)
     rows = []
     for name, res in results.items():
         if "error" in res or "error" in ref:
             rows.append([name, str(channels), "-", "-", "-", "-", "-", res.get("error", ref.get("error"))])
             continue
-        time_ratio = paired_ratio(res, ref, lambda r: r["seconds"])
-        mem_ratio = paired_ratio(res, ref, lambda r: r["peak_bytes"] - base)
-        runs = ", ".join(fmt_s(r["seconds"]) for r in res["runs"])
         rows.append(
             [
                 name,
                 str(channels),
+                fmt_s(work(res)),
+                fmt_ratio(paired_ratio(res["runs"], ref["runs"], work)),
                 fmt_s(res["seconds"]),
-                fmt_ratio(time_ratio),
-                fmt_ratio(res["seconds"] / ref["seconds"]),
+                fmt_ratio(paired_ratio(res["runs"], ref["runs"], lambda r: r["seconds"])),
                 fmt_mib(res["peak_bytes"] - base),
-                fmt_ratio(mem_ratio),
-                runs,
+                fmt_ratio(paired_ratio(res["runs"], ref["runs"], lambda r: r["peak_bytes"] - base)),
             ]
         )
     return rows
@@ -170,9 +159,10 @@ def main() -> None:
         rows += measure(args, REDUCED_CHANNELS, reps)
     print(f"\npretraining step vs backbone alone: patch {args.patch}^3, batch {args.batch}, medians of {reps}")
     print("ratios: median over repetitions of the ratio to the interleaved 'backbone x2' run of the same repetition")
+    time_kind = "CPU s" if args.device == "cpu" else "wall s"
     headers = [
-        "case", "widths", "time s", "time / backbone x2", "(ratio of medians)", "extra peak MiB", "mem / backbone x2",
-        "runs s",
+        "case", "widths", time_kind, f"{time_kind} / backbone x2", "wall s", "wall / backbone x2", "extra peak MiB",
+        "mem / backbone x2",
     ]  # fmt: skip
     print(markdown_table(headers, rows))
 

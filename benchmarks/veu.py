@@ -4,8 +4,9 @@
 
 Forward + backward of ``VectorEmbeddingUnit`` on random ``(1, C, N, N, N)`` query/key features, groups J = C / 8
 (8 channels per group, as in the pyramid: C = 8 is a fine level with J = 1, C = 32 a coarse level with J = 4).
-Every case runs in a fresh subprocess; reference and streaming are interleaved and medians over ``--reps`` are
-reported. Extra peak = case peak minus a baseline child that only allocates the inputs. Reference cases whose
+Every case runs in a fresh subprocess; reference and streaming are interleaved; times are medians over ``--reps`` of
+the single-threaded child's CPU time (wall time on CUDA), ratios the medians of the per-repetition ratios. Extra
+peak = case peak minus a baseline child that only allocates the inputs. Reference cases whose
 estimated peak exceeds ``--limit-gib`` (or what is free on this shared machine minus 3 GiB) are skipped and marked.
 """
 
@@ -15,7 +16,7 @@ import argparse
 import itertools
 import json
 import sys
-import time
+from functools import partial
 
 import torch
 
@@ -31,7 +32,9 @@ from _common import (  # noqa: E402
     machine_line,
     markdown_table,
     memory_budget,
-    synchronize,
+    paired_ratio,
+    timed,
+    work_seconds,
 )
 
 
@@ -42,7 +45,7 @@ def reference_estimate(size: int, channels: int, radius: int) -> int:
     return int((2 * radius + 1) ** 3 * size**3 * (32 * (channels // 8) + 16))
 
 
-def run_case(case: dict, device: torch.device) -> float | None:
+def run_case(case: dict, device: torch.device) -> dict | None:
     from cover3d.networks.blocks.veu import VectorEmbeddingUnit
 
     gen = torch.Generator().manual_seed(0)
@@ -54,11 +57,7 @@ def run_case(case: dict, device: torch.device) -> float | None:
     unit = VectorEmbeddingUnit(case["radius"], case["channels"] // 8, case["impl"])
     tiny = [t[:, :, :8, :8, :8].detach().requires_grad_(True) for t in (query, key)]
     unit(*tiny).sum().backward()  # warm-up: lazy initialisation
-    synchronize(device)
-    start = time.perf_counter()
-    unit(query, key).sum().backward()
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(lambda: unit(query, key).sum().backward(), device)
 
 
 def main() -> None:
@@ -71,6 +70,7 @@ def main() -> None:
         return
     sizes, radii = ((32, 64), (1, 2)) if args.quick else ((32, 64, 96), (1, 2, 3))
     reps = args.reps or (1 if args.quick else 3)
+    work = partial(work_seconds, device=args.device)
     print(machine_line(args))
     rows = []
     for size, channels in itertools.product(sizes, (8, 32)):
@@ -84,13 +84,21 @@ def main() -> None:
                 cases = {"reference": {**common, "impl": "reference", "radius": radius}, **cases}
             print(f"{size}^3 C={channels} r={radius}: {list(cases)}", flush=True)
             res = interleaved(__file__, cases, reps)
-            extra = {k: v["peak_bytes"] - baseline["peak_bytes"] for k, v in res.items() if "error" not in v}
-            seconds = {k: v["seconds"] for k, v in res.items() if "error" not in v}
+            base = baseline["peak_bytes"]
+            ok = {k: v for k, v in res.items() if "error" not in v}
+            seconds = {k: work(v) for k, v in ok.items()}
+            extra = {k: v["peak_bytes"] - base for k, v in ok.items()}
             if "reference" in cases:
                 ref_note = res["reference"].get("error", "")
             else:
                 ref_note = f"reference skipped: est. {estimate / GiB:.1f} GiB > budget {budget / GiB:.1f} GiB"
-            both = "reference" in seconds and "streaming" in seconds
+            both = "reference" in ok and "streaming" in ok
+            time_ratio = paired_ratio(ok["streaming"]["runs"], ok["reference"]["runs"], work) if both else None
+            mem_ratio = (
+                paired_ratio(ok["streaming"]["runs"], ok["reference"]["runs"], lambda r: r["peak_bytes"] - base)
+                if both
+                else None
+            )
             rows.append(
                 [
                     f"{size}^3",
@@ -99,16 +107,17 @@ def main() -> None:
                     radius,
                     fmt_s(seconds.get("reference")),
                     fmt_s(seconds.get("streaming")),
-                    fmt_ratio(seconds["streaming"] / seconds["reference"] if both else None),
+                    fmt_ratio(time_ratio),
                     fmt_mib(extra.get("reference")),
                     fmt_mib(extra.get("streaming")),
-                    f"{100 * extra['streaming'] / extra['reference']:.1f}%" if both else "-",
+                    "-" if mem_ratio is None else f"{100 * mem_ratio:.1f}%",
                     ref_note or res["streaming"].get("error", ""),
                 ]
             )
+    time_kind = "CPU s" if args.device == "cpu" else "wall s"
     print(f"\nVEU forward+backward, batch 1, medians of {reps} interleaved runs (fresh process per run)")
     headers = [
-        "size", "C", "J", "r", "ref s", "stream s", "stream/ref time",
+        "size", "C", "J", "r", f"ref {time_kind}", f"stream {time_kind}", "stream/ref time",
         "ref extra MiB", "stream extra MiB", "stream/ref mem", "note",
     ]  # fmt: skip
     print(markdown_table(headers, rows))

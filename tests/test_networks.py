@@ -63,6 +63,20 @@ def test_reach_is_sum_of_radius_times_stride():
     assert CoverNet(channels=SMALL, radii=(3, 3, 3, 2, 1)).reach == 48 + 24 + 12 + 4 + 1
 
 
+def test_projection_gain_sets_the_initial_scale_and_sharpens_identical_views():
+    # identical views: the true field is 0; a sharper initial soft-argmax is pulled less towards window centroids
+    torch.manual_seed(0)
+    x = torch.nn.functional.avg_pool3d(torch.rand(1, 1, 48, 48, 48), 5, 1, 2).repeat(1, 2, 1, 1, 1)
+    magnitude = {}
+    for gain in (1.0, 3.0):
+        torch.manual_seed(1)
+        net = CoverNet(channels=SMALL, projection_gain=gain).eval()
+        assert all(torch.all(p[1].weight == gain) for p in net.pyramid.projections)
+        with torch.no_grad():
+            magnitude[gain] = net(x).norm(dim=1).mean().item()
+    assert magnitude[3.0] < 0.95 * magnitude[1.0]
+
+
 def test_pyramid_recovers_a_known_translation_from_identical_features():
     # With identity projections, view b's features are view a's shifted by s: the pyramid must return ~s voxels
     # (sign and units), here with two levels (strides 2 and 1) on smooth random features.

