@@ -131,7 +131,9 @@ def pyramid_features(seed: int) -> list[torch.Tensor]:
 def test_pyramid_autocast_bf16_close_to_float32():
     """Under CPU autocast bf16 the projections run in bf16; the fields stay float32 and close to fp32's."""
     torch.manual_seed(0)
-    pyramid = VectorPyramid((32, 16, 16, 8, 8))
+    # gain 1: an untrained pyramid on random features is near ties everywhere, and the default gain 3 multiplies the
+    # logits (and the bf16 rounding of the features in them) by 9; this checks the AMP path, not conditioning
+    pyramid = VectorPyramid((32, 16, 16, 8, 8), projection_gain=1.0)
     fa, fb = pyramid_features(20), pyramid_features(40)
     with torch.no_grad():
         ref = pyramid(fa, fb)
@@ -144,12 +146,14 @@ def test_pyramid_autocast_bf16_close_to_float32():
 
 
 def step_results(**options) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """One training step of a small untrained CoverNet in float64 (its sharp initial soft-argmax would amplify
+    float32 rounding differences between equivalent computations)."""
     torch.manual_seed(0)
-    net = CoverNet(channels=(8, 8, 16, 16, 16), **options).train()
+    net = CoverNet(channels=(8, 8, 16, 16, 16), **options).double().train()
     gen = torch.Generator().manual_seed(1)
-    views = torch.rand((1, 2, 16, 16, 16), generator=gen)
-    ddf = torch.rand((1, 3, 16, 16, 16), generator=gen) * 2 - 1
-    mask = torch.ones((1, 1, 16, 16, 16))
+    views = torch.rand((1, 2, 16, 16, 16), generator=gen, dtype=torch.float64)
+    ddf = torch.rand((1, 3, 16, 16, 16), generator=gen, dtype=torch.float64) * 2 - 1
+    mask = torch.ones((1, 1, 16, 16, 16), dtype=torch.float64)
     out = net(views)
     loss = CoverLoss(level_weights=(0.1, 0.1, 0.2, 0.5))(out, ddf, mask)["loss"]
     loss.backward()
