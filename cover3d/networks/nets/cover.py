@@ -30,7 +30,8 @@ class CoverNet(nn.Module):
         checkpoint_backbone: run the backbone once per view under ``torch.utils.checkpoint`` (non-reentrant): only
             the returned features are stored and each view's activations are recomputed in the backward pass, so
             the two views' activations are never held together (one more backbone forward per view). Measured at
-            96^3: peak memory 0.62x of the plain step for 1.25x its time (``benchmarks/pretraining_step.py``).
+            96^3 (widths 32-512, CPU): extra peak memory 0.62x of the plain step for 1.08x its CPU time
+            (``benchmarks/pretraining_step.py``).
         projection_gain: initial scale of the pyramid projections' GroupNorm (see :class:`VectorPyramid`).
 
     ``forward(x)`` takes ``x`` ``(B, 2 * in_channels, D, H, W)``: view a's channels then view b's (sizes divisible
