@@ -83,6 +83,16 @@ def work_seconds(report: dict, device: str) -> float:
     return report["cpu_seconds"] if device == "cpu" else report["seconds"]
 
 
+def work_unit(device: str) -> str:
+    """Column label of :func:`work_seconds`."""
+    return "CPU s" if device == "cpu" else "wall s"
+
+
+def shared_data() -> Path:
+    """The project's shared data folder: ``$COVER3D_SHARED_DATA``, else ``../shared/data`` next to the repository."""
+    return Path(os.environ.get("COVER3D_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
 def child_main(case: dict, run_case: Callable[[dict, torch.device], dict | None]) -> None:
     """Run one case in this (fresh) process and print its JSON report; ``run_case`` returns :func:`timed`'s dict,
     or None for a baseline (inputs only)."""

@@ -49,7 +49,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import fmt_s, markdown_table  # noqa: E402
+from _common import fmt_s, markdown_table, shared_data  # noqa: E402
 
 from cover3d.data.field_io import field_from_itk_image, to_itk_image  # noqa: E402
 from cover3d.engine import fixed_pairs, latest_checkpoint  # noqa: E402
@@ -68,10 +68,6 @@ HELD_OUT = {  # relative to the shared data folder; none of them is in sample_da
 }
 PAIR_SEED = 2024
 LEVELS = {"shrink": [4, 2, 1], "sigmas": [2.0, 1.0, 0.0]}  # image pyramid of every SimpleITK method (voxels)
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("COVER3D_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def grid_of(image: sitk.Image) -> tuple:

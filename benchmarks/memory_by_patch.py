@@ -28,6 +28,7 @@ from _common import (  # noqa: E402
     markdown_table,
     memory_budget,
     work_seconds,
+    work_unit,
 )
 from pretraining_step import DEFAULT_CHANNELS, run_case  # noqa: E402
 
@@ -68,7 +69,7 @@ def main() -> None:
             row += [f"{extra / GiB:.2f}", fmt_s(work_seconds(res, args.device))]
         rows.append(row)
     print("\npeak extra memory of one pretraining step (fp32), widths", DEFAULT_CHANNELS)
-    unit = "CPU s" if args.device == "cpu" else "s"
+    unit = work_unit(args.device)
     headers = ["patch", "batch", "plain GiB", f"plain step {unit}", "checkpoint_backbone GiB", f"checkpoint_backbone {unit}"]
     print(markdown_table(headers, rows))
 

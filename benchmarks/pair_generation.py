@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import add_common_arguments, machine_line, markdown_table  # noqa: E402
+from _common import add_common_arguments, machine_line, markdown_table, shared_data  # noqa: E402
 
 from monai.transforms import (  # noqa: E402
     Compose,
@@ -55,11 +53,6 @@ from cover3d.transforms import CoverPaird, RandDeformationField, appearance_augm
 ROTATION_DEG, SCALE, SHEAR, TRANSLATE = 10.0, 0.1, 0.05, 6.0
 ELASTIC_SIGMA = 9.0
 CT_NAME = "invesalius_cranium_ct.nii.gz"
-
-
-def shared_data() -> Path:
-    env = os.environ.get("COVER3D_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def load_volume(min_size: int) -> tuple[torch.Tensor, str]:

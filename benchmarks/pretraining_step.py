@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     paired_ratio,
     timed,
     work_seconds,
+    work_unit,
 )
 
 DEFAULT_CHANNELS = (32, 64, 128, 256, 512)
@@ -159,7 +160,7 @@ def main() -> None:
         rows += measure(args, REDUCED_CHANNELS, reps)
     print(f"\npretraining step vs backbone alone: patch {args.patch}^3, batch {args.batch}, medians of {reps}")
     print("ratios: median over repetitions of the ratio to the interleaved 'backbone x2' run of the same repetition")
-    time_kind = "CPU s" if args.device == "cpu" else "wall s"
+    time_kind = work_unit(args.device)
     headers = [
         "case", "widths", time_kind, f"{time_kind} / backbone x2", "wall s", "wall / backbone x2", "extra peak MiB",
         "mem / backbone x2",

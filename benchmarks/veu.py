@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     paired_ratio,
     timed,
     work_seconds,
+    work_unit,
 )
 
 
@@ -114,7 +115,7 @@ def main() -> None:
                     ref_note or res["streaming"].get("error", ""),
                 ]
             )
-    time_kind = "CPU s" if args.device == "cpu" else "wall s"
+    time_kind = work_unit(args.device)
     print(f"\nVEU forward+backward, batch 1, medians of {reps} interleaved runs (fresh process per run)")
     headers = [
         "size", "C", "J", "r", f"ref {time_kind}", f"stream {time_kind}", "stream/ref time",

@@ -73,7 +73,8 @@ def test_bundle_trains_resumes_evaluates_and_exports(name, tmp_path):
     bundle("ckpt_export", "network_def", *net_args, "--ckpt_file", str(weights), "--filepath", str(exported),
            "--use_trace", "True", "--input_shape", "[1, 2, 32, 32, 32]", cwd=tmp_path)  # fmt: skip
     scripted = torch.jit.load(str(exported))
-    net = CoverNet(channels=(4, 8, 8, 16, 16), radii=(1, 1, 1, 1, 1), groups=(2, 2, 2, 1, 1))  # the bundle's radii
+    radii = json.loads(Path(config).read_text())["radii"]  # the bundle's own setting, not a copy of it
+    net = CoverNet(channels=(4, 8, 8, 16, 16), radii=radii, groups=(2, 2, 2, 1, 1))
     net.load_state_dict(torch.load(weights, weights_only=True))  # the weights of the resumed run, as exported
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():
