@@ -24,9 +24,9 @@ def png_size(data: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-def test_inspect_dvf_notebook_executes_and_shows_figures_and_metrics(tmp_path, monkeypatch):
-    # weights absent -> the notebook's short-training branch: what a fresh clone runs, whatever models/ holds here
-    monkeypatch.setenv("COVER3D_WEIGHTS", str(tmp_path / "absent" / "model.pt"))
+def test_inspect_dvf_notebook_executes_and_shows_figures_and_metrics(trained_ct_weights, monkeypatch):
+    # the weights of a real (short) cover_ct run, so the numbers the notebook prints can be checked
+    monkeypatch.setenv("COVER3D_WEIGHTS", str(trained_ct_weights))
     notebook = nbformat.read(str(NOTEBOOK), as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}
@@ -39,7 +39,13 @@ def test_inspect_dvf_notebook_executes_and_shows_figures_and_metrics(tmp_path, m
     assert len(figures) >= 7  # slices, predicted and true field, comparison, Jacobian, PCA, interactive (static)
     assert all(width >= 300 and height >= 150 for width, height in figures)
     text = "".join(o.get("text", "") + o.get("data", {}).get("text/markdown", "") for o in outputs)
-    assert "Note: no weights" in text
-    for name in ("EPE predicted (voxels)", "folding fraction, predicted", "inverse consistency a->b vs b->a (voxels)"):
+    assert f"Using pretrained weights `{trained_ct_weights}`" in text
+
+    def number(name: str) -> float:
         match = re.search(re.escape(name) + r"\s+([-0-9.]+)", text)
-        assert match and float(match.group(1)) >= 0, name
+        assert match, name
+        return float(match.group(1))
+
+    assert number("EPE predicted (voxels)") < 0.8 * number("EPE zero field (voxels)")
+    assert number("EPE predicted (mm)") == pytest.approx(2.5 * number("EPE predicted (voxels)"), rel=1e-3)  # 2.5 mm
+    assert number("folding fraction, true") == 0.0 and number("folding fraction, predicted") < 0.05

@@ -1,12 +1,15 @@
-"""Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks."""
+"""Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks, the resumable training-sample stream."""
 
 from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
 from cover3d.data.datalist import find_volumes, load_datalist, make_datalist
 from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
+from cover3d.data.stream import StreamDataset, StreamSampler
 
 __all__ = [
     "VOLUME_SUFFIXES",
     "SimpleITKReader",
+    "StreamDataset",
+    "StreamSampler",
     "dicom_series_files",
     "find_volumes",
     "label_shape_problem",

@@ -1,25 +1,37 @@
-"""Atomic checkpoints and resumption for bundle training runs."""
+"""Checkpoint files of a training run: atomic writes, discovery, pruning, moving a previous run aside, one run per
+folder."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import torch
-from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
-from monai.handlers import CheckpointLoader
 
-__all__ = ["save_atomic", "write_json_atomic", "latest_checkpoint", "AtomicCheckpointSaver", "ResumeFromLatest"]
+__all__ = [
+    "RunLock",
+    "RunLockedError",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "checkpoint_path",
+    "move_aside",
+    "prune_checkpoints",
+    "remove_orphan_temporaries",
+    "save_atomic",
+    "write_json_atomic",
+]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TEMPORARY = ".tmp"
 
 
 def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -27,10 +39,12 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     partial file, and a failure leaves the previous file untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMPORARY)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -48,79 +62,96 @@ def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
     _write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
-def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
-    """Newest ``checkpoint_<epoch>.pt`` written by :class:`AtomicCheckpointSaver` in ``save_dir`` (None if none)."""
+def checkpoint_path(save_dir: str | os.PathLike, iteration: int) -> Path:
+    """``save_dir/checkpoint_<iteration>.pt``: checkpoints are named by the number of training iterations done."""
+    return Path(save_dir) / f"checkpoint_{iteration}.pt"
+
+
+def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint_<n>.pt`` files of ``save_dir``, oldest (smallest n) first."""
     found = [(int(m.group(1)), p) for p in Path(save_dir).glob("checkpoint_*.pt") if (m := _CHECKPOINT.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
 
 
-class AtomicCheckpointSaver:
-    """Every ``save_interval`` epochs, atomically write ``checkpoint_<epoch>.pt`` (all of ``save_dict`` plus the
-    attached engine's state under ``"trainer"``, keeping the newest ``n_saved``); at the end of training, atomically write ``final_filename`` holding the plain state dict
-    of ``save_dict[final_key]`` (the weights users load). MONAI's ``CheckpointSaver`` writes non-atomically
-    (``DiskSaver(atomic=False)``), so a crash mid-write could leave a corrupt checkpoint.
-    """
-
-    def __init__(
-        self,
-        save_dir: str | os.PathLike,
-        save_dict: Mapping[str, object],
-        save_interval: int = 1,
-        n_saved: int = 1,
-        final_filename: str | None = "model.pt",
-        final_key: str = "network",
-    ) -> None:
-        if final_filename is not None and final_key not in save_dict:
-            raise ValueError(f"final_key {final_key!r} is not in save_dict keys {sorted(save_dict)}")
-        self.save_dir = Path(save_dir)
-        self.save_dict = dict(save_dict)
-        self.save_interval = save_interval
-        self.n_saved = n_saved
-        self.final_filename = final_filename
-        self.final_key = final_key
-
-    def attach(self, engine: Engine) -> None:
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = Checkpoint(
-            {**self.save_dict, "trainer": engine},
-            DiskSaver(str(self.save_dir), require_empty=False, atomic=True),
-            filename_prefix="",
-            n_saved=self.n_saved,
-            global_step_transform=lambda e, _: e.state.epoch,
-        )
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), checkpoint)
-        if self.final_filename is not None:
-            engine.add_event_handler(Events.COMPLETED, self._save_final)
-
-    def _save_final(self, engine: Engine) -> None:
-        network = self.save_dict[self.final_key]
-        network = getattr(network, "module", network)  # DDP / DataParallel: save without the "module." prefix
-        path = self.save_dir / self.final_filename
-        save_atomic(network.state_dict(), path)
-        logger.info(f"final weights written to {path}")
+def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
+    """Newest ``checkpoint_<n>.pt`` of ``save_dir`` (None if none)."""
+    found = list_checkpoints(save_dir)
+    return found[-1] if found else None
 
 
-class ResumeFromLatest:
-    """At start, load the newest ``checkpoint_<epoch>.pt`` of ``save_dir`` into ``load_dict`` (network, optimizer,
-    scheduler) and the attached engine (key ``"trainer"``) with MONAI's ``CheckpointLoader`` (``weights_only=True``); does nothing when there is none
-    or ``enabled`` is False. MONAI's loader needs the file name at config time; this finds it at start."""
+def prune_checkpoints(save_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints of ``save_dir``; returns the deleted paths."""
+    doomed = list_checkpoints(save_dir)[:-keep] if keep > 0 else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
 
-    def __init__(
-        self,
-        save_dir: str | os.PathLike,
-        load_dict: Mapping[str, object],
-        enabled: bool = True,
-        map_location: str | torch.device | None = None,
-    ) -> None:
-        self.save_dir = save_dir
-        self.load_dict = dict(load_dict)
-        self.enabled = enabled
-        self.map_location = map_location
 
-    def attach(self, engine: Engine) -> None:
-        path = latest_checkpoint(self.save_dir) if self.enabled else None
-        if path is None:
-            return
-        logger.info(f"resuming from {path}")
-        load_dict = {**self.load_dict, "trainer": engine}
-        CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=self.map_location).attach(engine)
+def remove_orphan_temporaries(save_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that an atomic write killed mid-way left in ``save_dir`` (``.<name>.<random>.tmp``).
+    Only safe while holding the folder's :class:`RunLock`."""
+    orphans = [p for p in Path(save_dir).glob(f".*{_TEMPORARY}") if p.is_file()]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
+
+
+def move_aside(save_dir: str | os.PathLike, names: list[str]) -> Path | None:
+    """Move the checkpoints and the files called ``names`` of ``save_dir`` into a new
+    ``save_dir/previous_<UTC time>/`` folder, so that a fresh run neither resumes from nor mixes with them.
+    Returns the new folder (None when there was nothing to move)."""
+    save_dir = Path(save_dir)
+    files = list_checkpoints(save_dir) + [save_dir / n for n in names if (save_dir / n).is_file()]
+    if not files:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target = save_dir / f"previous_{stamp}"
+    suffix = 1
+    while target.exists():
+        target, suffix = save_dir / f"previous_{stamp}_{suffix}", suffix + 1
+    target.mkdir()
+    for path in files:
+        path.rename(target / path.name)
+    return target
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training into the same checkpoint folder."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``save_dir/.lock`` for the lifetime of a training run, so a second run started into
+    the same folder is refused instead of overwriting (or deleting) the first one's checkpoints. The operating system
+    releases the lock when the process ends, however it ends (``kill -9`` included): it can never go stale."""
+
+    def __init__(self, save_dir: str | os.PathLike) -> None:
+        self.path = Path(save_dir) / ".lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunLockedError(
+                f"another training run (pid {owner}) is writing checkpoints into {self.path.parent}: wait for it to "
+                "finish, or give this run its own folder (--bundle_root DIR, or --ckpt_dir DIR)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None

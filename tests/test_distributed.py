@@ -1,0 +1,80 @@
+"""multi_gpu_train.json with 2 gloo processes on the CPU: one training, identical ranks, one writer, the same
+first step as one process with the same global batch, and an exact resume after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "cover_ct"
+WORKER = Path(__file__).resolve().parent / "bundle_worker.py"
+SETTINGS = {"iterations_per_epoch": 4, "epochs": 3, "batch_size": 1, "validation_pairs": 1, "warmup_iterations": 2,
+            "learning_rate": 0.01, "patch_size": [32, 32, 32], "context_size": [48, 48, 48],
+            "channels": [4, 8, 8, 16, 16], "groups": [2, 2, 2, 1, 1], "checkpoint_interval": 2, "log_interval": 1}  # fmt: skip
+
+
+def launch(tmp_path: Path, name: str, processes: int, stop_at: int = 0, **settings) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the bundle (with the multi-GPU overlay when ``processes`` > 1) into ``tmp_path / 'bundle' / 'models'``; returns the
+    process result and each rank's record (see ``bundle_worker.py``)."""
+    configs = [str(BUNDLE / "train.json")] + ([str(BUNDLE / "multi_gpu_train.json")] if processes > 1 else [])
+    outputs = {"ckpt_dir": str(tmp_path / "bundle" / "models"), "output_dir": str(tmp_path / "bundle" / "runs")}
+    overrides = {**SETTINGS, **settings, **outputs}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]  # fmt: skip
+    out = tmp_path / name
+    command = [*launcher, str(WORKER), str(out), json.dumps(configs), json.dumps(overrides), str(stop_at)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    records = [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
+    return result, records
+
+
+def log_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_as_one_and_resume_exactly(tmp_path):
+    result, (rank0, rank1) = launch(tmp_path, "ddp", processes=2)
+    assert result.returncode == 0, log_of(result)[-4000:]
+    assert rank0["validation_after"] < rank0["validation_before"]  # it learns
+    assert torch.equal(rank0["parameters"], rank1["parameters"])  # DDP keeps the ranks identical
+    assert rank0["loss"] != rank1["loss"]  # ... while each rank draws its own pairs
+    assert log_of(result).count("final weights written") == 1  # only rank 0 writes
+    models = tmp_path / "bundle" / "models"
+    assert sorted(p.name for p in models.glob("checkpoint_*.pt")) == ["checkpoint_10.pt", "checkpoint_12.pt"]
+    assert (models / "model.pt").is_file()
+
+    # one process with the 2x batch draws the same global batch: the first step's gradient matches
+    single_result, (single,) = launch(tmp_path / "single", "one", processes=1, batch_size=2, epochs=1, iterations_per_epoch=1)
+    assert single_result.returncode == 0, log_of(single_result)[-4000:]
+    cosine = torch.nn.functional.cosine_similarity(single["first_gradients"], rank0["first_gradients"], dim=0)
+    assert cosine > 0.99, cosine
+
+    # killed after iteration 7 (newest checkpoint: 6), then restarted: same schedule, same weights
+    crash, _ = launch(tmp_path / "crash", "crashed", processes=2, stop_at=7)
+    assert crash.returncode != 0 and "simulated crash after iteration 7" in log_of(crash)
+    resumed_result, (resumed0, resumed1) = launch(tmp_path / "crash", "resumed", processes=2)
+    assert resumed_result.returncode == 0, log_of(resumed_result)[-4000:]
+    assert "checkpoint_6.pt: iteration 6 of 12" in log_of(resumed_result)
+    assert resumed0["lr"] == rank0["lr"][6:]
+    torch.testing.assert_close(resumed0["parameters"], rank0["parameters"], rtol=0, atol=1e-5)
+    assert torch.equal(resumed0["parameters"], resumed1["parameters"])
+
+
+@pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
+def test_multi_gpu_overlay_runs_the_bundles_own_initialisation(name):
+    """The overlay replaces ``initialize`` (the process group must come first): it must keep every step of the
+    bundle's own list, in order, so the two cannot drift apart."""
+    base = json.loads((REPO / "bundles" / name / "train.json").read_text())["initialize"]
+    overlay = json.loads((REPO / "bundles" / name / "multi_gpu_train.json").read_text())["initialize"]
+    assert overlay[0].startswith("$dist.is_initialized() or dist.init_process_group(")
+    rank_zero_only = " if dist.get_rank() == 0 else None"
+    assert [step.replace(rank_zero_only, "").replace("@network.module", "@network") for step in overlay[2:]] == base
