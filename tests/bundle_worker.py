@@ -9,6 +9,7 @@ validation-pair loss before and after training. With ``STOP_AT`` it raises after
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def validation_loss(parser: ConfigParser) -> float:
 
 
 def main(out: str, configs: str, overrides: str, stop_at: str = "0") -> None:
+    logging.basicConfig(level=logging.INFO)  # as monai.bundle run's logging.conf: cover3d's messages on the console
     parser = ConfigParser()
     parser.read_config(json.loads(configs))
     parser.update(json.loads(overrides))

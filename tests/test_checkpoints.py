@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,12 +158,13 @@ def test_changed_network_is_explained_in_one_line(tmp_path):
     message = str(caught.value)
     assert "\n" not in message and "'0.weight' is (8, 6) in the checkpoint but (16, 6) in this run" in message
     assert "--channels" in message and "--resume False" in message
+    make_run(tmp_path, epochs=2, width=16, resume=False)[0].run()  # the refused run released its lock
 
 
 def test_second_run_into_the_same_folder_is_refused(tmp_path):
     holder = RunLock(tmp_path)
     holder.acquire()
-    with pytest.raises(RunLockedError, match=f"pid {__import__('os').getpid()}.*{tmp_path}"):
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}.*{tmp_path}"):
         make_run(tmp_path, epochs=1)
     holder.release()
     make_run(tmp_path, epochs=1)[0].run()  # free again
@@ -191,3 +198,35 @@ def test_stream_positions_split_across_ranks_cover_the_single_process_stream():
     with pytest.raises(TypeError, match="Randomizable"):
         StreamDataset(items)
 
+
+
+@pytest.mark.slow
+def test_bundle_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    """A real ``kill -9`` of the cover_ct bundle mid-run, then the same command again: it resumes from the newest
+    checkpoint and ends with the weights of an uninterrupted run."""
+    config = Path(__file__).resolve().parents[1] / "bundles" / "cover_ct" / "train.json"
+    settings = ["--epochs", "2", "--iterations_per_epoch", "6", "--checkpoint_interval", "1", "--batch_size", "1",
+                "--validation_pairs", "1", "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]",
+                "--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]", "--learning_rate", "0.01"]  # fmt: skip
+
+    def command(folder):
+        return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *settings,
+                "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "runs")]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, env=env, timeout=600)
+    victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "models" / "checkpoint_4.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = max(int(p.stem.split("_")[1]) for p in list_checkpoints(tmp_path / "killed" / "models"))
+    assert 4 <= done < 12  # killed mid-run
+    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]  # the lock died with the process
+    assert f"checkpoint_{done}.pt: iteration {done} of 12" in resumed.stdout + resumed.stderr
+    whole = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)
+    again = torch.load(tmp_path / "killed" / "models" / "model.pt", weights_only=True)
+    for key in whole:
+        torch.testing.assert_close(again[key], whole[key], rtol=0, atol=1e-5)

@@ -29,6 +29,7 @@ def launch(tmp_path: Path, name: str, processes: int, stop_at: int = 0, **settin
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
                 str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]  # fmt: skip
     out = tmp_path / name
+    tmp_path.mkdir(parents=True, exist_ok=True)
     command = [*launcher, str(WORKER), str(out), json.dumps(configs), json.dumps(overrides), str(stop_at)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)

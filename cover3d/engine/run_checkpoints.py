@@ -156,6 +156,18 @@ class TrainingCheckpoints:
     def attach(self, engine: Engine) -> None:
         if self.is_writer:
             self.lock.acquire()
+        try:
+            self._prepare_folder(engine)
+        except BaseException:
+            self.lock.release()
+            raise
+        engine.add_event_handler(Events.STARTED, self._resume_engine)
+        engine.add_event_handler(Events.STARTED, self._register_saves)
+        engine.add_event_handler(Events.COMPLETED, self._complete)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
+
+    def _prepare_folder(self, engine: Engine) -> None:
+        if self.is_writer:
             for orphan in remove_orphan_temporaries(self.save_dir):
                 logger.warning(f"removed {orphan}, left behind by an interrupted write")
             if not self.resume and (moved := move_aside(self.save_dir, self.run_outputs)) is not None:
@@ -164,10 +176,6 @@ class TrainingCheckpoints:
             idist.barrier()  # the other ranks look for checkpoints only after rank 0 has tidied the folder
         if self.resume:
             self._resume_objects(engine)
-        engine.add_event_handler(Events.STARTED, self._resume_engine)
-        engine.add_event_handler(Events.STARTED, self._register_saves)
-        engine.add_event_handler(Events.COMPLETED, self._complete)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
     def _read_newest(self) -> tuple[Path, dict] | None:
         for path in reversed(list_checkpoints(self.save_dir)):
