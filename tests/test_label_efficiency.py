@@ -85,6 +85,13 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     assert all(float(r["dice"]) > 0.7 for r in rows), rows  # 16 iterations learn the bright synthetic ellipsoid
     with open(output / "summary.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 4
+    with open(output / "paired.csv", newline="") as f:
+        paired = list(csv.DictReader(f))
+    by_key = {(r["mode"], int(r["n_labelled"])): float(r["dice"]) for r in rows}
+    assert [int(p["n_labelled"]) for p in paired] == [1, 3]
+    for p in paired:  # one seed: the paired difference is that seed's difference
+        n = int(p["n_labelled"])
+        assert float(p["dice_diff_mean"]) == pytest.approx(by_key[("pretrained", n)] - by_key[("scratch", n)])
     assert (output / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = output / "runs"
     for n in (1, 3):  # both modes saw the same labelled subset
@@ -103,3 +110,29 @@ def test_pretrained_modes_need_weights(tmp_path, capsys):
     with pytest.raises(SystemExit):
         le.main(["--dataset-dir", str(tmp_path), "--pool", "p.json", "--test", "t.json"])
     assert "need --pretrained-weights or --pretrain-config" in capsys.readouterr().err
+
+
+def test_paired_statistics_intervals_and_per_class_dice(tmp_path):
+    """Known per-case Dice: the paired difference, its t and bootstrap intervals and per-class means follow."""
+    rows, run_dirs = [], {}
+    per_case = {  # (mode, seed) -> {case: (class0, class1)}
+        ("scratch", 0): {"a": (0.5, 0.7), "b": (0.6, 0.8)}, ("pretrained", 0): {"a": (0.6, 0.8), "b": (0.7, 0.9)},
+        ("scratch", 1): {"a": (0.4, 0.6), "b": (0.5, 0.7)}, ("pretrained", 1): {"a": (0.6, 0.8), "b": (0.7, 0.9)},
+    }  # fmt: skip
+    for (mode, seed), cases in per_case.items():
+        folder = tmp_path / f"{mode}_{seed}" / "eval"
+        folder.mkdir(parents=True)
+        for metric, scale in (("dice", 1.0), ("hd95_mm", 10.0)):
+            lines = ["filename,class0,class1"] + [f"/x/{c}.nii.gz,{v0 * scale},{v1 * scale}" for c, (v0, v1) in cases.items()]
+            (folder / f"{metric}_raw.csv").write_text("\n".join(lines) + "\n")
+        mean = sum(sum(v) for v in cases.values()) / 4
+        rows.append({"mode": mode, "n_labelled": 2, "seed": seed, "dice": mean, "hd95_mm": 10 * mean})
+        run_dirs[(mode, 2, seed)] = folder.parent
+    (paired,) = le.paired_statistics(rows, run_dirs, resamples=2000)
+    assert paired["seeds"] == 2 and paired["dice_diff_mean"] == pytest.approx(0.15)  # seed differences 0.1 and 0.2
+    half = 12.706 * 0.0707107 / 2 ** 0.5  # t(0.975, 1) x std / sqrt(n)
+    assert paired["dice_diff_t95_low"] == pytest.approx(0.15 - half, abs=1e-3)
+    assert paired["dice_diff_boot95_low"] == pytest.approx(0.1) and paired["dice_diff_boot95_high"] == pytest.approx(0.2)
+    assert paired["hd95_mm_diff_mean"] == pytest.approx(1.5)
+    assert paired["scratch_dice_class0"] == pytest.approx(0.5) and paired["mode_dice_class1"] == pytest.approx(0.85)
+    assert "+0.150 [" in le.format_paired_table([paired])
