@@ -1,0 +1,86 @@
+"""Regenerate README tables from the tracked result files under ``benchmarks/results/``.
+
+A generated table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in README.md; NAME is a key of
+``TABLES``, whose renderer reads the result file and returns markdown. ``--check`` exits 1 (naming the tables) when
+the README differs from what the files give, so hand-typed numbers cannot drift from the measurements::
+
+    python benchmarks/readme_tables.py          # rewrite the tables in README.md
+    python benchmarks/readme_tables.py --check  # the test suite runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def bundle_defaults() -> str:
+    """``bundle_defaults.json`` (benchmarks/bundle_defaults.py): one row per pretraining bundle."""
+    rows = []
+    for r in json.loads((RESULTS / "bundle_defaults.json").read_text()):
+        minutes, seconds = divmod(round(r["wall_seconds"]), 60)
+        rows.append([f"`{r['bundle']}`", f"{minutes} min {seconds:02d} s", r["threads"], f"{r['peak_rss_gib']:.1f} GB",
+                     " ".join(f"{v:.2f}" for v in r["validation_epe"]) + f" (identity {r['validation_epe_identity']:.2f})",
+                     f"{r['eval_epe']:.2f} voxels", f"{r['eval_epe_identity']:.2f} voxels"])  # fmt: skip
+    headers = ["bundle", "wall time (whole run)", "threads", "peak RSS", "validation EPE per epoch",
+               "evaluation EPE of the saved weights", "zero field"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def threads() -> str:
+    """``threads.json`` (benchmarks/threads.py): speed by thread count, idle and beside one busy process."""
+    result = json.loads((RESULTS / "threads.json").read_text())
+    cases = result["cases"]
+    single = {c["load"]: c["median"] for c in cases if c["threads"] == 1}
+    rows = [[c["load"], c["threads"], f"{c['median']:.3f}", f"{c['median'] / single[c['load']]:.2f}x"] for c in cases]
+    return markdown_table(["CPU", "threads", "it/s (median)", "vs 1 thread"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {"bundle_defaults": bundle_defaults, "threads": threads}
+_BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
+
+
+def render(readme: str) -> str:
+    """``readme`` with every generated table replaced by what its result file gives now."""
+
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in TABLES:
+            raise KeyError(f"README table {name!r} has no renderer (known: {sorted(TABLES)})")
+        return f"{match.group(1)}{TABLES[name]()}\n{match.group(4)}"
+
+    return _BLOCK.sub(replace, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when README is out of date")
+    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    args = parser.parse_args(argv)
+    path = Path(args.readme)
+    current = path.read_text()
+    updated = render(current)
+    if args.check:
+        stale = [m.group("name") for m, n in zip(_BLOCK.finditer(current), _BLOCK.finditer(updated)) if m.group(0) != n.group(0)]
+        if stale:
+            print(f"README tables out of date with benchmarks/results/: {stale}; run python benchmarks/readme_tables.py")
+            return 1
+        print(f"README tables up to date: {[m.group('name') for m in _BLOCK.finditer(current)]}")
+        return 0
+    path.write_text(updated)
+    print(f"rewrote {[m.group('name') for m in _BLOCK.finditer(current)]} in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
