@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
-from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform
+from cover3d.data.field_io import read_displacement_field
 from cover3d.networks import CoverNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +40,10 @@ def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProce
 
 
 def itk_resampled(moving: Path, field: Path) -> np.ndarray:
-    """``moving`` resampled by SimpleITK onto the field's grid with the field as transform, as (X, Y, Z)."""
+    """``moving`` resampled by plain SimpleITK (no cover3d reader) onto the field's grid with the field as
+    transform, as (X, Y, Z)."""
     image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
-    transform = read_displacement_field_transform(field)
+    transform = sitk.DisplacementFieldTransform(sitk.ReadImage(str(field)))
     resampled = sitk.Resample(image, sitk.ReadImage(str(field)), transform, sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
 

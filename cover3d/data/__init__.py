@@ -2,6 +2,7 @@
 
 from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
 from cover3d.data.datalist import find_volumes, load_datalist, make_datalist
+from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform, write_displacement_field
 from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
 
 __all__ = [
@@ -13,6 +14,9 @@ __all__ = [
     "load_datalist",
     "make_datalist",
     "preflight_check",
+    "read_displacement_field",
+    "read_displacement_field_transform",
     "volume_problems",
     "volume_suffix",
+    "write_displacement_field",
 ]
