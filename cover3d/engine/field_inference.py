@@ -21,6 +21,7 @@ from monai.utils import convert_to_tensor
 
 from cover3d.data.field_io import write_displacement_field
 from cover3d.data.readers import volume_suffix
+from cover3d.errors import InputFileNotFoundError, InputValueError
 from cover3d.fields import warp
 from cover3d.metrics import endpoint_error, folding_fraction
 from cover3d.transforms import RandDeformationField, fraction_within_reach
@@ -80,10 +81,10 @@ def inference_pair(
         FileNotFoundError: an input file does not exist.
     """
     if not image_a:
-        raise ValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
+        raise InputValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
     for path in (image_a, image_b):
         if path and not os.path.exists(path):
-            raise FileNotFoundError(f"input volume not found: {path}")
+            raise InputFileNotFoundError(f"input volume not found: {path}")
     view_a = preprocessing({"image": str(image_a)})["image"]
     if image_b:
         view_b = preprocessing({"image": str(image_b)})["image"]

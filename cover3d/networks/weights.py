@@ -23,6 +23,7 @@ from monai.networks.nets import BasicUNet
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from cover3d.errors import InputFileNotFoundError, InputValueError
 from cover3d.networks.nets.backbone import UNetBackbone
 from cover3d.networks.pretraining_checks import backbone_widths, layout_differences, preprocessing_differences
 
@@ -146,7 +147,7 @@ def load_pretrained_weights(
         ValueError: the file holds non-tensor pickled objects, no state dict, or too little of it matches.
     """
     if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+        raise InputValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     target = _unwrap(network)
     is_file = isinstance(weights, (str, os.PathLike))
     source_name = str(weights) if is_file else "<state dict>"
@@ -174,7 +175,7 @@ def load_pretrained_weights(
     )
     report.warnings = _metadata_differences(target, target_state, report.metadata, preprocessing)
     if report.backbone_fraction < min_fraction:
-        raise ValueError(
+        raise InputValueError(
             f"refusing to load weights from {source_name}: only {report.backbone_fraction:.0%} of the target "
             f"backbone's tensors match (min_fraction={min_fraction}).{_mismatch_hint(target, report)}\n"
             + report.summary()
@@ -199,23 +200,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise InputFileNotFoundError(f"weights file not found: {path}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not _is_pickled(path):
-            raise ValueError(
+            raise InputValueError(
                 f"cannot read weights file {path}: not a PyTorch checkpoint or corrupt (neither a torch.save "
                 "archive nor a pickle stream)"
             ) from None  # torch's own text suggests weights_only=False
-        raise ValueError(
+        raise InputValueError(
             f"refusing to load {path}: it holds pickled Python objects ({_unpickler_reason(e)}), and cover3d "
             "reads weights with torch.load(weights_only=True), which accepts only tensors and plain containers "
             "(dict, list, tuple, str, numbers) because unpickling an object can run arbitrary code. Save the "
             "network's state dict alone: torch.save(network.state_dict(), path)."
         ) from None  # torch's own text suggests weights_only=False
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
+        raise InputValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
     return _find_state_dict(content, str(path))
 
 
@@ -235,9 +236,9 @@ def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
         try:
             content = json.loads(candidate.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
+            raise InputValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
         if not isinstance(content, dict):
-            raise ValueError(f"bundle metadata {candidate} is not a JSON object")
+            raise InputValueError(f"bundle metadata {candidate} is not a JSON object")
         blocks = {key: content[key] for key in METADATA_KEYS if key in content}
         if blocks:
             return blocks
@@ -278,9 +279,9 @@ def _find_state_dict(content: Any, name: str) -> dict[str, torch.Tensor]:
             if _is_state_dict(content.get(key)):
                 return dict(content[key])
         found = ", ".join(f"'{k}'" for k in content)
-        raise ValueError(f"{name} holds no state dict: expected a dict of tensors or one under "
+        raise InputValueError(f"{name} holds no state dict: expected a dict of tensors or one under "
                          f"{', '.join(CHECKPOINT_KEYS)}; top-level keys: {found or 'none'}")
-    raise ValueError(f"{name} holds a {type(content).__name__}, not a state dict (a dict of tensors)")
+    raise InputValueError(f"{name} holds a {type(content).__name__}, not a state dict (a dict of tensors)")
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
