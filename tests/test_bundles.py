@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,44 +102,77 @@ def write_volume(path: Path, array: np.ndarray) -> str:
     return path.name
 
 
-def bad_inputs(folder: Path) -> dict[str, tuple[list, str]]:
-    """name -> (training entries, text the error must contain)"""
-    good = write_volume(folder / "good.nii.gz", np.random.rand(40, 40, 40).astype(np.float32) * 1000)
-    flat = write_volume(folder / "slice2d.nii.gz", np.random.rand(40, 40).astype(np.float32))
-    series = write_volume(folder / "series4d.nii.gz", np.random.rand(40, 40, 40, 3).astype(np.float32))
-    nan = np.random.rand(40, 40, 40).astype(np.float32)
+def bad_inputs(folder: Path) -> dict[str, tuple[list, list | None, dict, str]]:
+    """name -> (training entries, validation entries (None: a good one), overrides, the one-line message's text)"""
+    size = (64, 64, 64)  # 128 mm: 51 voxels at the CT bundle's 2.5 mm, more than its 48^3 patch
+    good = write_volume(folder / "good.nii.gz", np.random.rand(*size).astype(np.float32) * 1000)
+    flat = write_volume(folder / "slice2d.nii.gz", np.random.rand(64, 64).astype(np.float32))
+    series = write_volume(folder / "series4d.nii.gz", np.random.rand(*size, 3).astype(np.float32))
+    nan = np.random.rand(*size).astype(np.float32)
     nan[3, 4, 5] = np.nan
     nans = write_volume(folder / "with_nan.nii.gz", nan)
+    constant = write_volume(folder / "constant.nii.gz", np.zeros(size, np.float32))
+    small = write_volume(folder / "small.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
     (folder / "garbage.nii.gz").write_bytes(b"not an image at all")
     return {
-        "2d": ([{"image": good}, {"image": flat}], "slice2d.nii.gz"),
-        "4d": ([{"image": series}], "series4d.nii.gz"),
-        "nan": ([{"image": nans}], "with_nan.nii.gz"),
-        "missing": ([{"image": good}, {"image": "absent.nii.gz"}], "absent.nii.gz"),
-        "unreadable": ([{"image": "garbage.nii.gz"}], "garbage.nii.gz"),
-        "empty": ([], "'training'"),
+        "2d": ([{"image": good}, {"image": flat}], None, {}, "slice2d.nii.gz: has 2 spatial dimensions, expected 3"),
+        "4d": ([{"image": series}], None, {}, "series4d.nii.gz: has 3 channels, expected 1"),
+        "nan": ([{"image": nans}], None, {}, "with_nan.nii.gz: has 1 non-finite (NaN/Inf) values"),
+        "constant": ([{"image": constant}], None, {}, "constant.nii.gz: is constant"),
+        "missing": ([{"image": good}, {"image": "absent.nii.gz"}], None, {}, "absent.nii.gz ('image' of entry 1)"),
+        "unreadable": ([{"image": "garbage.nii.gz"}], None, {}, "garbage.nii.gz: unreadable"),
+        "empty": ([], None, {}, "'training' must be a non-empty list"),
+        "small": ([{"image": small}], None, {}, "small.nii.gz: smaller than the training patch: [6, 6, 6] voxels"),
+        "patch": ([{"image": good}], None, {"patch_size": [40, 48, 48], "context_size": [72, 72, 72]},
+                  "patch_size [40, 48, 48] is not divisible by 16"),
+        "in both lists": ([{"image": nans}], [{"image": nans}], {}, "with_nan.nii.gz: has 1 non-finite"),
     }
 
 
-@pytest.mark.parametrize("case", ["2d", "4d", "nan", "missing", "unreadable", "empty"])
-def test_bad_input_fails_before_training_with_the_file_named(case, tmp_path):
+CASES = ["2d", "4d", "nan", "constant", "missing", "unreadable", "empty", "small", "patch", "in both lists"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_fails_before_training_with_one_message_naming_the_file(case, tmp_path, capsys):
+    """Every bad input of the pre-flight list stops the run before training; what the user sees (cover3d's
+    excepthook on MONAI's wrapped exception) ends with its one-line message, given once, without a traceback."""
     from monai.bundle import run
 
-    entries, expected = bad_inputs(tmp_path)[case]
+    from cover3d.errors import excepthook
+
+    entries, validation, overrides, expected = bad_inputs(tmp_path)[case]
     datalist = tmp_path / "list.json"
-    datalist.write_text(json.dumps({"training": entries, "validation": entries or [{"image": "good.nii.gz"}]}))
+    validation = validation if validation is not None else [{"image": "good.nii.gz"}]
+    datalist.write_text(json.dumps({"training": entries, "validation": validation}))
     with pytest.raises(Exception) as caught:
         run(
             config_file=str(REPO / "bundles" / "cover_ct" / "train.json"),
             dataset_dir=str(tmp_path), datalist=str(datalist), ckpt_dir=str(tmp_path / "models"),
-            output_dir=str(tmp_path / "runs"), **{"epochs": 1, "iterations_per_epoch": 1},
+            output_dir=str(tmp_path / "runs"), **{"epochs": 1, "iterations_per_epoch": 1, **overrides},
         )  # fmt: skip
-    chain, error = [], caught.value
-    while error is not None:
-        chain.append(str(error))
-        error = error.__cause__ or error.__context__
-    message = "\n".join(chain)
-    assert expected in message
-    if case == "empty":
-        assert "list.json" in message
     assert not (tmp_path / "models" / "model.pt").exists()  # nothing trained
+    capsys.readouterr()
+    excepthook(type(caught.value), caught.value, caught.value.__traceback__)
+    shown = capsys.readouterr().err.strip().splitlines()
+    assert expected in shown[-1] and "Traceback" not in "\n".join(shown) and len(shown) == 2, shown
+    assert sum(line.count(expected) for line in shown) == 1
+    if case in ("empty", "missing"):
+        assert "list.json" in shown[-1]
+
+
+def test_bundle_command_ends_with_the_message_and_shows_the_traceback_on_request(tmp_path):
+    entries, _, _, expected = bad_inputs(tmp_path)["small"]
+    datalist = tmp_path / "list.json"
+    datalist.write_text(json.dumps({"training": entries, "validation": [{"image": "good.nii.gz"}]}))
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles" / "cover_ct" / "train.json"),
+               "--dataset_dir", str(tmp_path), "--datalist", str(datalist), "--ckpt_dir", str(tmp_path / "models")]  # fmt: skip
+    for show_traceback in ("", "1"):
+        env = {**os.environ, "COVER3D_TRACEBACK": show_traceback, "PYTHONPATH": str(REPO)}
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 1
+        if show_traceback:
+            assert "Traceback" in result.stderr and "Failed to evaluate ConfigExpression" in result.stderr
+        else:
+            lines = result.stderr.strip().splitlines()
+            assert expected in lines[-1] and "COVER3D_TRACEBACK=1" in lines[-2], result.stderr[-2000:]
+            assert "Traceback" not in result.stderr and "ConfigExpression" not in result.stderr

@@ -95,7 +95,7 @@ def test_vectors_are_lps_millimetres_and_the_file_is_an_itk_vector_nifti(tmp_pat
     header = nib.load(str(path)).header
     assert header.get_intent()[0] == "vector" and int(header["intent_code"]) == 1007
     assert nib.load(str(path)).shape == (*shape, 1, 3)
-    assert header.get_xyzt_units()[0] == "mm" and header.get_data_dtype() == np.float32
+    assert header.get_xyzt_units()[0] == "mm" and header.get_data_dtype() == np.float64
     lps = np.diag([-1.0, -1.0, 1.0])
     expected = lps @ affine[:3, 0]  # axis 0 step in LPS mm; after RAS reorientation it is the file's 2.4 mm axis
     assert np.isclose(np.linalg.norm(expected), 2.4)
@@ -136,6 +136,30 @@ def test_read_back_and_conversion_from_itk_transforms(tmp_path):
     np.testing.assert_allclose(per_voxel, np.broadcast_to(expected, per_voxel.shape), atol=1e-5)
     np.testing.assert_allclose(grid, affine, atol=1e-6)
     assert field_to_itk_image(voxels, grid).GetPixelID() == sitk.sitkVectorFloat64
+
+
+def test_plain_simpleitk_opens_the_exported_field_and_moves_points_by_it(tmp_path):
+    """No cover3d reader: ``sitk.DisplacementFieldTransform(sitk.ReadImage(f))`` maps each voxel's point to the point
+    of ``voxel + ddf(voxel)``."""
+    from cover3d.data import read_displacement_field_transform as exported_reader
+
+    affine = np.eye(4)
+    affine[:3, :3] = oblique() * SPACING
+    affine[:3, 3] = [4.0, 5.0, -6.0]
+    ddf = random_field((20, 18, 16))
+    path = write_displacement_field(ddf, affine, tmp_path / "field.nii.gz")
+    image = sitk.ReadImage(str(path))
+    assert image.GetPixelID() == sitk.sitkVectorFloat64
+    transform = sitk.DisplacementFieldTransform(image)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    voxels = np.random.default_rng(1).integers(0, [20, 18, 16], size=(25, 3))
+    for voxel in voxels:
+        point = lps @ (affine[:3, :3] @ voxel + affine[:3, 3])
+        target = lps @ (affine[:3, :3] @ (voxel + ddf[:, voxel[0], voxel[1], voxel[2]].numpy()) + affine[:3, 3])
+        np.testing.assert_allclose(transform.TransformPoint(tuple(point)), target, rtol=0, atol=1e-6)
+    assert float(np.abs(ddf).max()) > 1.0  # the points really move
+    point = tuple(lps @ (affine[:3, :3] @ voxels[0] + affine[:3, 3]))
+    assert exported_reader(path).TransformPoint(point) == transform.TransformPoint(point)
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from monai.bundle import ConfigParser
 
-from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform
+from cover3d.data.field_io import read_displacement_field
 from cover3d.networks import CoverNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +40,10 @@ def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProce
 
 
 def itk_resampled(moving: Path, field: Path) -> np.ndarray:
-    """``moving`` resampled by SimpleITK onto the field's grid with the field as transform, as (X, Y, Z)."""
+    """``moving`` resampled by plain SimpleITK (no cover3d reader) onto the field's grid with the field as
+    transform, as (X, Y, Z)."""
     image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
-    transform = read_displacement_field_transform(field)
+    transform = sitk.DisplacementFieldTransform(sitk.ReadImage(str(field)))
     resampled = sitk.Resample(image, sitk.ReadImage(str(field)), transform, sitk.sitkLinear, 0.0)
     return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
 
@@ -152,3 +153,51 @@ def test_predict_field_pads_to_the_network_size_and_crops_back():
     assert odd.shape == (1, 3, 30, 27, 19) and torch.isfinite(odd).all()
     with pytest.raises(ValueError, match="one shape"):
         predict_field(network, views[0], views[1][..., :30])
+
+
+def test_two_volume_inference_reports_similarity_and_warns(tmp_path, caplog):
+    """NCC / mutual information before and after warping and the foreground overlap land in summary.json and the
+    log; a warp that makes the volumes less similar and volumes that barely overlap are warned about."""
+    import logging
+
+    import nibabel as nib
+    from monai.transforms import Compose
+
+    from cover3d.engine.field_inference import inference_pair, save_field_prediction
+    from cover3d.transforms import ct_preprocessing
+
+    image = REPO / "sample_data" / "ct" / "ts_aorta_crop.nii.gz"
+    preprocessing = Compose(ct_preprocessing(keys="image", pixdim=(PIXDIM,) * 3))
+    torch.manual_seed(0)
+    network = CoverNet(channels=CHANNELS, groups=GROUPS)
+    caplog.set_level(logging.INFO)
+
+    # the same volume twice: NCC 1 before, and the untrained network's non-zero field can only lower it
+    paths = save_field_prediction(network, inference_pair(preprocessing, image, image), tmp_path / "same")
+    summary = json.loads(Path(paths["summary"]).read_text())
+    similarity = summary["similarity"]
+    assert similarity["ncc_before"] == pytest.approx(1.0, abs=1e-6) and similarity["ncc_after"] < 0.99
+    assert similarity["mi_after"] < similarity["mi_before"] and summary["foreground_overlap"] == pytest.approx(1.0)
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["the warp made the volumes less similar"] * 2
+    assert f"NCC 1.000 -> {similarity['ncc_after']:.3f}" in caplog.text and "less similar: NCC" in caplog.text
+
+    # the same volume moved by 80 % of its extent in world coordinates: they barely overlap
+    loaded = nib.load(str(image))
+    affine = loaded.affine.copy()
+    affine[:3, 3] += 0.8 * loaded.affine[:3, :3] @ np.array(loaded.shape[:3])
+    nib.save(nib.Nifti1Image(np.asarray(loaded.dataobj), affine), str(tmp_path / "moved.nii.gz"))
+    paths = save_field_prediction(network, inference_pair(preprocessing, tmp_path / "moved.nii.gz", image), tmp_path)
+    summary = json.loads(Path(paths["summary"]).read_text())
+    assert summary["foreground_overlap"] < 0.3
+    assert summary["warnings"][0].startswith("the volumes barely overlap") and "barely overlap" in caplog.text
+
+
+def test_similarity_report_is_quiet_when_the_warp_helps():
+    from cover3d.engine.field_inference import similarity_report
+
+    fixed = torch.zeros(1, 32, 32, 32)
+    fixed[:, 8:24, 8:24, 8:24] = torch.rand(1, 16, 16, 16) * 0.5 + 0.5
+    moving = torch.roll(fixed, shifts=3, dims=1)
+    report = similarity_report(moving, fixed.clone(), fixed)
+    assert report["warnings"] == [] and report["similarity"]["ncc_after"] == pytest.approx(1.0)
+    assert report["similarity"]["ncc_before"] < 0.9 and 0.7 < report["foreground_overlap"] < 1.0

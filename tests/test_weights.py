@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 
 import pytest
 import torch
@@ -161,11 +162,23 @@ def test_checkpoint_dicts_files_and_metadata(tmp_path):
     assert "spacing_mm" in report.summary()
 
 
-def test_weights_only_refuses_pickled_objects(tmp_path):
+@pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 5"])
+def test_weights_only_refuses_pickled_objects_and_never_suggests_unsafe_loading(writer, tmp_path):
+    """torch 2.13 words the refusal differently per format ("Unsupported global" / "Unsupported operand 149")."""
     path = tmp_path / "unsafe.pt"
-    torch.save({"network": CoverSegNet(1, 2, CHANNELS).state_dict(), "extra": NotAWeight()}, path)
-    with pytest.raises(ValueError, match="refusing to load .*unsafe.pt.*weights_only.*NotAWeight"):
+    content = {"network": CoverSegNet(1, 2, CHANNELS).state_dict(), "extra": NotAWeight()}
+    if writer == "torch.save":
+        torch.save(content, path)
+    else:
+        path.write_bytes(pickle.dumps(content, protocol=5))
+    with pytest.raises(ValueError) as caught:
         load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path)
+    message = str(caught.value)
+    assert message.startswith(f"refusing to load {path}: it holds pickled Python objects")
+    assert "weights_only=True" in message and "arbitrary code" in message and "torch.save(network.state_dict()" in message
+    assert "False" not in message and caught.value.__cause__ is None  # torch's advice is not passed on
+    if writer == "torch.save":
+        assert "NotAWeight" in message
 
 
 def test_bad_files_give_clear_errors(tmp_path):
@@ -175,5 +188,75 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no_state.pt holds no state dict.*'epoch', 'losses'"):
         read_state_dict(tmp_path / "no_state.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read weights file .*text.pt.*not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match="cannot read weights file .*text.pt.*not a PyTorch checkpoint") as caught:
         read_state_dict(tmp_path / "text.pt")
+    assert "False" not in str(caught.value)
+
+
+def pretraining_bundle(tmp_path, source: CoverNet, spacing=(2.5, 2.5, 2.5), preset="cover3d.transforms.ct_preprocessing"):
+    """A pretraining bundle folder as a run leaves it: models/model.pt and models/metadata.json."""
+    models = tmp_path / "bundle" / "models"
+    models.mkdir(parents=True)
+    torch.save(source.state_dict(), models / "model.pt")
+    metadata = {
+        "preprocessing": {"spacing_mm": list(spacing), "preset": preset, "preset_args": {"hu_window": [-1000, 1000]}},
+        "pretraining": {"backbone_channels": list(CHANNELS), "basic_unet": source.backbone.basic_unet_kwargs()},
+    }
+    (models / "metadata.json").write_text(json.dumps(metadata))
+    return models / "model.pt"
+
+
+def test_pretrained_backbone_loads_completely_into_monai_basic_unet(tmp_path, caplog):
+    from monai.networks.nets import BasicUNet
+
+    source = seeded(CoverNet(1, CHANNELS), 0).eval()
+    path = pretraining_bundle(tmp_path, source)
+    layout = pretraining_metadata(path)["pretraining"]["basic_unet"]
+    net = BasicUNet(out_channels=2, **layout).eval()
+    report = load_pretrained_weights(net, path)
+    assert report.backbone_fraction == 1.0 and len(report.loaded) == len(source.backbone.state_dict())
+    assert sorted(report.missing) == ["final_conv.bias", "final_conv.weight"] and not report.shape_mismatched
+    assert report.warnings == []
+    features = []
+    net.upcat_1.register_forward_hook(lambda module, args, out: features.append(out))
+    x = torch.rand(1, 1, 32, 16, 16)
+    with torch.no_grad():
+        net(x)
+        expected = source.backbone(x)[-1]
+    assert expected.std() > 0.01  # not a constant feature map
+    torch.testing.assert_close(features[0], expected, rtol=0, atol=0)
+
+    # BasicUNet's defaults (InstanceNorm, slope 0.1) take every tensor too, but not the pretrained features: warned
+    caplog.set_level(logging.WARNING)
+    report = load_pretrained_weights(BasicUNet(out_channels=2, features=layout["features"]), path)
+    assert report.backbone_fraction == 1.0 and len(report.warnings) == 2
+    assert "InstanceNorm3d" in report.warnings[0] and "GroupNorm(4 groups)" in report.warnings[0]
+    assert "negative_slope=0.2" in report.warnings[1] and "[0.1]" in report.warnings[1]
+    assert all(w in caplog.text for w in report.warnings)
+
+
+def test_downstream_preprocessing_differing_from_the_pretraining_is_warned(tmp_path, caplog):
+    path = pretraining_bundle(tmp_path, seeded(CoverNet(1, CHANNELS), 0))
+    same = {"spacing_mm": (2.5, 2.5, 2.5), "preset": "ct_preprocessing", "preset_args": {"hu_window": (-1000, 1000)}}
+    assert load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path, preprocessing=same).warnings == []
+    caplog.set_level(logging.WARNING)
+    other = {"spacing_mm": [2.0, 2.0, 2.0], "preset": "cover3d.transforms.mri_preprocessing",
+             "preset_args": {"hu_window": [-200, 300]}}
+    report = load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path, preprocessing=other)
+    assert report.warnings == [
+        "voxel spacing differs: [2.5, 2.5, 2.5] mm pretrained vs [2.0, 2.0, 2.0] mm downstream",
+        "intensity preset (modality) differs: ct_preprocessing pretrained vs mri_preprocessing downstream",
+        "preprocessing argument hu_window differs: [-1000, 1000] pretrained vs [-200, 300] downstream",
+    ]
+    assert "voxel spacing differs" in caplog.text and "WARNING: voxel spacing" in report.summary()
+
+
+def test_weights_from_the_old_backbone_layout_are_reported(tmp_path):
+    """Metadata without a ``basic_unet`` layout: weights made before the backbone became BasicUNet."""
+    path = pretraining_bundle(tmp_path, seeded(CoverNet(1, CHANNELS), 0))
+    metadata = json.loads((path.parent / "metadata.json").read_text())
+    metadata["pretraining"] = {"backbone_channels": list(CHANNELS), "norm": "GroupNorm, 8 channels per group"}
+    (path.parent / "metadata.json").write_text(json.dumps(metadata))
+    report = load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path)
+    assert len(report.warnings) == 1 and "8 channels per group" in report.warnings[0]
+    assert "re-run the pretraining" in report.warnings[0]

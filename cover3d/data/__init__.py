@@ -1,7 +1,8 @@
 """Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks, the resumable training-sample stream."""
 
 from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
-from cover3d.data.datalist import find_volumes, load_datalist, make_datalist
+from cover3d.data.datalists import find_volumes, load_datalist, make_datalist
+from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform, write_displacement_field
 from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
 from cover3d.data.stream import StreamDataset, StreamSampler
 
@@ -16,6 +17,9 @@ __all__ = [
     "load_datalist",
     "make_datalist",
     "preflight_check",
+    "read_displacement_field",
+    "read_displacement_field_transform",
     "volume_problems",
     "volume_suffix",
+    "write_displacement_field",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import ImageReader
@@ -13,8 +14,9 @@ from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 
 from cover3d.data.readers import SimpleITKReader
+from cover3d.errors import InputFileNotFoundError, InputValueError
 
-__all__ = ["label_shape_problem", "preflight_check", "volume_problems"]
+__all__ = ["label_shape_problem", "patch_size_problems", "preflight_check", "size_problem", "volume_problems"]
 
 
 def volume_problems(volume: torch.Tensor, name: str, channels: int = 1, is_label: bool = False) -> list[str]:
@@ -54,66 +56,126 @@ def label_shape_problem(image: torch.Tensor, image_name: str, label: torch.Tenso
     )
 
 
+def patch_size_problems(patch_size: Sequence[int], divisor: int = 16) -> list[str]:
+    """Problems of a training patch size: 3 positive sizes, each divisible by ``divisor`` (the U-Net halves it
+    4 times); empty when valid."""
+    sizes = [int(p) for p in ensure_tuple(patch_size)]
+    if len(sizes) != 3 or min(sizes) <= 0:
+        return [f"patch_size {sizes} must be 3 positive sizes"]
+    if any(p % divisor for p in sizes):
+        fixed = [max(divisor, round(p / divisor) * divisor) for p in sizes]
+        return [f"patch_size {sizes} is not divisible by {divisor} on every axis (the U-Net halves it 4 times); "
+                f"use e.g. {fixed}"]
+    return []
+
+
+def size_problem(
+    volume: torch.Tensor, name: str, patch_size: Sequence[int], pixdim: Sequence[float] | None = None
+) -> str | None:
+    """A message when ``volume`` (C, X, Y, Z), resampled to ``pixdim`` mm (None: its own spacing) and oriented to
+    RAS, has fewer voxels than ``patch_size`` on an axis (training would pad it with zeros), else None."""
+    affine = np.asarray(getattr(volume, "affine", np.eye(4)), dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(affine, axis=0)
+    ras_axis = np.abs(affine).argmax(axis=0)  # the RAS axis each file axis becomes after orientation
+    extent_mm = np.zeros(3)
+    extent_mm[ras_axis] = np.asarray(volume.shape[1:], dtype=np.float64) * spacing
+    target = np.asarray(pixdim, dtype=np.float64) if pixdim is not None else spacing[np.argsort(ras_axis)]
+    voxels = np.floor(extent_mm / target + 1e-6).astype(int)
+    if np.all(voxels >= np.asarray(patch_size)):
+        return None
+    at = f"{[float(t) for t in target]} mm" if pixdim is not None else "its own spacing"
+    return (f"{name}: smaller than the training patch: {voxels.tolist()} voxels at {at} (RAS axes), patch_size "
+            f"{[int(p) for p in patch_size]} (it would be zero-padded)")
+
+
 def preflight_check(
     datalist: Sequence[dict],
     keys: KeysCollection,
     label_keys: KeysCollection = (),
     channels: int = 1,
     reader: ImageReader | str | None = None,
+    patch_size: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
 ) -> None:
-    """Open every file of ``datalist`` once and apply the checks of ``CheckVolumed``.
+    """Open every file of ``datalist`` once and apply the checks of ``CheckVolumed`` (and the patch checks).
 
     Args:
         datalist: entries such as ``load_datalist`` returns, e.g. ``[{"image": path, "label": path}, ...]``;
-            a value may be a list of paths (stacked as channels, as ``LoadImage`` does).
+            a value may be a list of paths (stacked as channels, as ``LoadImage`` does). A file listed several
+            times (e.g. in both the training and the validation list) is opened and reported once.
         keys: image keys, each with ``channels`` channels.
         label_keys: label keys, one channel, same spatial shape as the first image key.
         channels: expected channel count of each image.
         reader: reader passed to ``LoadImage``; default: ``NibabelReader`` for NIfTI, ``SimpleITKReader``
             for NRRD/MHA/MHD files and DICOM folders (as the cover3d presets load them).
+        patch_size: training patch; when given it must be divisible by 16, and every image must have at least
+            that many voxels on each RAS axis at ``pixdim`` (before any foreground crop).
+        pixdim: training voxel spacing in mm (None: each image's own spacing).
 
     Raises:
-        FileNotFoundError: when the only problems are missing files (all listed).
-        ValueError: listing every problem — missing key, missing or unreadable file, not 3D, wrong channel
-            count, empty, NaN/Inf values, constant image, label/image shape mismatch — each with its file.
+        InputFileNotFoundError: when the only problems are missing files (all listed).
+        InputValueError: listing every problem — bad patch size, missing key, missing or unreadable file, not
+            3D, wrong channel count, empty, NaN/Inf values, constant image, smaller than the patch, label/image
+            shape mismatch — each with its file. One problem gives a one-line message.
     """
     loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=None)
     if reader is None:
         loader.register(SimpleITKReader())
     image_keys, label_keys = ensure_tuple(keys), ensure_tuple(label_keys)
-    problems: list[str] = []
+    problems: list[str] = patch_size_problems(patch_size) if patch_size is not None else []
     missing: list[str] = []
+    opened: dict[tuple[str, ...], torch.Tensor | None] = {}  # files already checked -> volume (None: not usable)
     for index, entry in enumerate(datalist):
         volumes: dict[Hashable, tuple[torch.Tensor, str]] = {}
         for key in image_keys + label_keys:
             if key not in entry:
                 problems.append(f"entry {index} {entry}: no '{key}' key")
                 continue
-            paths = [str(p) for p in ensure_tuple(entry[key])]
+            paths = tuple(str(p) for p in ensure_tuple(entry[key]))
             name = ", ".join(paths)
-            absent = [p for p in paths if not os.path.exists(p)]
-            if absent:
-                missing += [f"{p}: file not found (entry {index}, key '{key}')" for p in absent]
-                continue
-            try:
-                volume = loader(paths if len(paths) > 1 else paths[0])
-            except Exception as e:  # noqa: BLE001 - readers raise many types; each is reported as "unreadable"
-                problems.append(f"{name}: unreadable ({_first_line(e)})")
-                continue
-            is_label = key in label_keys
-            problems += volume_problems(volume, name, 1 if is_label else channels, is_label)
-            if volume.ndim == 4:
-                volumes[key] = (volume, name)
+            if paths not in opened:
+                opened[paths] = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
+                if _is_volume(opened[paths]) and patch_size is not None and key not in label_keys:
+                    problem = size_problem(opened[paths], name, patch_size, pixdim)
+                    problems += [problem] if problem else []
+            if opened[paths] is not None and opened[paths].ndim == 4:
+                volumes[key] = (opened[paths], name)
         image_key = next((k for k in image_keys if k in volumes), None)
         for key in (k for k in label_keys if k in volumes and image_key is not None):
             problem = label_shape_problem(*volumes[image_key], *volumes[key])
-            problems += [problem] if problem else []
+            problems += [problem] if problem and problem not in problems else []
     if problems or missing:
-        error = ValueError if problems else FileNotFoundError
+        error = InputValueError if problems else InputFileNotFoundError
         lines = missing + problems
+        if len(lines) == 1:
+            raise error(f"pre-flight check: {lines[0]}")
         raise error(
-            f"pre-flight check found {len(lines)} problem(s) in {len(datalist)} entries:\n  " + "\n  ".join(lines)
+            f"pre-flight check found {len(lines)} problems in {len(datalist)} entries:\n  " + "\n  ".join(lines)
         )
+
+
+def _open_and_check(
+    loader: LoadImage, paths: tuple[str, ...], index: int, key: Hashable, is_label: bool, channels: int,
+    problems: list[str], missing: list[str],
+) -> torch.Tensor | None:
+    """Load one datalist value and append its problems; the volume, or None when missing or unreadable."""
+    name = ", ".join(paths)
+    absent = [p for p in paths if not os.path.exists(p)]
+    if absent:
+        missing += [f"{p}: file not found (entry {index}, key '{key}')" for p in absent]
+        return None
+    try:
+        volume = loader(list(paths) if len(paths) > 1 else paths[0])
+    except Exception as e:  # noqa: BLE001 - readers raise many types; each is reported as "unreadable"
+        problems.append(f"{name}: unreadable ({_first_line(e)})")
+        return None
+    problems += volume_problems(volume, name, 1 if is_label else channels, is_label)
+    return volume
+
+
+def _is_volume(volume: torch.Tensor | None) -> bool:
+    """A loaded (C, X, Y, Z) volume with voxels (one whose size can be compared with a patch)."""
+    return volume is not None and volume.ndim == 4 and volume.numel() > 0
 
 
 def _first_line(error: Exception) -> str:

@@ -1,9 +1,7 @@
-"""Writing and loading MONAI decathlon-style datalists (``{"training": [{"image": relpath}, ...]}``).
-
-Command line::
+"""Command line: write a MONAI decathlon-style datalist of a folder of volumes (see :mod:`cover3d.data.datalists`)::
 
     python -m cover3d.data.datalist FOLDER --output OUT.json [--labels DIR] [--base-dir DIR]
-        [--val-fraction F] [--seed N] [--check]
+        [--val-fraction F] [--seed N] [--check [--patch-size X Y Z] [--pixdim X Y Z]]
 """
 
 from __future__ import annotations
@@ -11,153 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
-import SimpleITK as sitk
-from monai.data import load_decathlon_datalist
-from monai.utils import ensure_tuple
-
 from cover3d.data.checks import preflight_check
-from cover3d.data.readers import VOLUME_SUFFIXES, volume_suffix
+from cover3d.data.datalists import make_datalist
+from cover3d.data.readers import VOLUME_SUFFIXES
 
-__all__ = ["find_volumes", "load_datalist", "main", "make_datalist"]
-
-# keys whose relative paths load_decathlon_datalist always joins with the base dir
-PATH_KEYS = ("image", "label")
-
-
-def find_volumes(folder: str | os.PathLike) -> dict[str, Path]:
-    """Volumes directly in ``folder`` by case name: files with a volume suffix (``.nii``, ``.nii.gz``,
-    ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``; case = name without suffix) and sub-folders holding one DICOM
-    series (case = folder name). Other files and sub-folders are ignored.
-
-    Raises:
-        FileNotFoundError: ``folder`` is not a directory.
-        ValueError: two volumes share a case name, or a sub-folder holds several DICOM series.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not a folder: {folder}")
-    volumes: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = volume_suffix(path)
-        if path.is_file() and suffix:
-            case = path.name[: -len(suffix)]
-        elif path.is_dir() and _dicom_series_count(path):
-            case = path.name
-        else:
-            continue
-        if case in volumes:
-            raise ValueError(f"{folder}: two volumes named '{case}': {volumes[case].name} and {path.name}")
-        volumes[case] = path
-    return volumes
-
-
-def _dicom_series_count(folder: Path) -> int:
-    count = len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if count > 1:
-        raise ValueError(f"{folder} holds {count} DICOM series: put each series in its own folder")
-    return count
-
-
-def make_datalist(
-    folder: str | os.PathLike,
-    labels: str | os.PathLike | None = None,
-    base_dir: str | os.PathLike | None = None,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    image_key: str = "image",
-    label_key: str = "label",
-) -> dict[str, list[dict[str, str]]]:
-    """Decathlon-style datalist of the volumes in ``folder`` (see :func:`find_volumes`).
-
-    Args:
-        folder: folder of images.
-        labels: optional folder of labels, matched to images by case name (the label may use another suffix).
-        base_dir: paths are written relative to this folder (default: ``folder``); pass the same folder as
-            ``base_dir`` to :func:`load_datalist`.
-        val_fraction: fraction of cases moved, at random, from ``"training"`` to ``"validation"`` (at least
-            one when > 0; at least one case stays in training).
-        seed: seed of that random choice.
-        image_key: key of the image paths.
-        label_key: key of the label paths.
-
-    Returns:
-        ``{"training": [{image_key: relpath[, label_key: relpath]}, ...]}`` sorted by case name, plus
-        ``"validation"`` when ``val_fraction > 0``.
-
-    Raises:
-        FileNotFoundError: a folder does not exist.
-        ValueError: no volumes, images without a label, or an impossible validation fraction.
-    """
-    images = find_volumes(folder)
-    if not images:
-        raise ValueError(f"no volumes found in {folder} (files {', '.join(VOLUME_SUFFIXES)} or DICOM series folders)")
-    label_paths = find_volumes(labels) if labels is not None else {}
-    if labels is not None and (unlabelled := sorted(set(images) - set(label_paths))):
-        raise ValueError(f"{len(unlabelled)} image(s) in {folder} have no label in {labels}: {', '.join(unlabelled)}")
-    base = os.path.abspath(base_dir if base_dir is not None else folder)
-
-    def relative(path: Path) -> str:
-        return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
-
-    entries = {
-        case: {image_key: relative(path), **({label_key: relative(label_paths[case])} if labels is not None else {})}
-        for case, path in images.items()
-    }
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = max(1, round(val_fraction * len(entries))) if val_fraction > 0 else 0
-    if n_val >= len(entries):
-        raise ValueError(f"val_fraction {val_fraction} leaves no training case among {len(entries)} volumes")
-    val_cases = set(random.Random(seed).sample(sorted(entries), n_val))
-    datalist = {"training": [e for case, e in entries.items() if case not in val_cases]}
-    if val_fraction > 0:
-        datalist["validation"] = [e for case, e in entries.items() if case in val_cases]
-    return datalist
-
-
-def load_datalist(
-    path: str | os.PathLike, key: str = "training", base_dir: str | os.PathLike | None = None
-) -> list[dict]:
-    """Entries of list ``key`` of a decathlon-style datalist, ``image``/``label`` paths joined with ``base_dir``.
-
-    Wraps ``monai.data.load_decathlon_datalist`` (``base_dir`` defaults to the JSON file's folder).
-
-    Raises:
-        FileNotFoundError: the JSON file is missing, or ``image``/``label`` files it references (all listed).
-        ValueError: the file is not a JSON object, or ``key`` is missing, not a list or empty.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"datalist {path} is not valid JSON: {e}") from e
-    if not isinstance(content, dict) or key not in content:
-        found = ", ".join(map(repr, content)) if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"datalist {path} has no '{key}' list (found: {found})")
-    if not isinstance(content[key], list) or not content[key]:
-        raise ValueError(f"datalist {path}: '{key}' must be a non-empty list of entries, got {content[key]!r}")
-    entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    missing = [
-        f"{p} ('{k}' of entry {i})"
-        for i, entry in enumerate(entries)
-        for k in PATH_KEYS
-        if k in entry
-        for p in ensure_tuple(entry[k])
-        if not os.path.exists(p)
-    ]
-    if missing:
-        base = base_dir if base_dir is not None else path.parent
-        raise FileNotFoundError(
-            f"datalist {path} ('{key}', paths relative to {base}) references {len(missing)} missing file(s):\n  "
-            + "\n  ".join(missing)
-        )
-    return entries
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -174,12 +33,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0, help="fraction of cases for 'validation'")
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     parser.add_argument("--check", action="store_true", help="open every file and validate it (pre-flight check)")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=(48, 48, 48), metavar=("X", "Y", "Z"),
+                        help="with --check: training patch every image must cover (default: the bundles' 48 48 48)")
+    parser.add_argument("--pixdim", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="with --check: training spacing in mm (cover_ct: 2.5, cover_mri: 2; default: each "
+                        "image's own spacing)")
     args = parser.parse_args(argv)
     datalist = make_datalist(args.folder, args.labels, args.base_dir, args.val_fraction, args.seed)
     base_dir = args.base_dir if args.base_dir is not None else args.folder
     if args.check:
-        entries = [{k: os.path.join(base_dir, v) for k, v in e.items()} for es in datalist.values() for e in es]
-        preflight_check(entries, keys=("image",), label_keys=("label",) if args.labels else ())
+        entries = [{k: os.path.normpath(os.path.join(base_dir, v)) for k, v in e.items()}
+                   for es in datalist.values() for e in es]  # fmt: skip
+        preflight_check(entries, keys=("image",), label_keys=("label",) if args.labels else (),
+                        patch_size=args.patch_size, pixdim=args.pixdim)  # fmt: skip
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(datalist, indent=2) + "\n")
     counts = ", ".join(f"{len(v)} {k}" for k, v in datalist.items())

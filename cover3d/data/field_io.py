@@ -7,8 +7,8 @@ Because cover3d warps backward (``x_b(p) = x_a(p + psi(p))``) and an ITK transfo
 (fixed) space to the input (moving) space, the exported field used as a ``sitk.DisplacementFieldTransform`` in
 ``sitk.Resample(moving=x_a, reference=field grid)`` reproduces ``cover3d.fields.warp(x_a, psi)``.
 
-Files are what ITK itself writes for a 3-component vector image (``sitk.WriteImage``): NIfTI intent code 1007
-(vector), shape ``(X, Y, Z, 1, 3)``, components in LPS mm, as ANTs displacement ("Warp") fields. Not the
+Files are what ITK itself writes for a 3-component float64 vector image (``sitk.WriteImage``): NIfTI intent code
+1007 (vector), shape ``(X, Y, Z, 1, 3)``, components in LPS mm, as ANTs displacement ("Warp") fields. Not the
 RAS-component convention of intent 1006 (``NIFTI_INTENT_DISPVECT``).
 """
 
@@ -164,15 +164,16 @@ def write_displacement_field(
 ) -> Path:
     """Write ``ddf`` ``(3, X, Y, Z)`` (voxels of the grid of ``affine``, voxel -> RAS mm) as an ITK displacement field.
 
-    The file holds float32 LPS-mm vectors on that grid (NIfTI: intent 1007, shape ``(X, Y, Z, 1, 3)``), readable
-    by :func:`read_displacement_field_transform`, ANTs (``antsApplyTransforms -t field.nii.gz``) and other ITK tools.
-    Parent folders are created. Returns the path.
+    The file holds float64 LPS-mm vectors on that grid (NIfTI: intent 1007, shape ``(X, Y, Z, 1, 3)``), the pixel
+    type ITK's displacement-field transform requires, so plain SimpleITK opens it without cover3d
+    (``sitk.DisplacementFieldTransform(sitk.ReadImage(path))``), as do ANTs (``antsApplyTransforms -t
+    field.nii.gz``) and other ITK tools. Parent folders are created. Returns the path.
 
     Raises:
         ValueError: bad ``ddf``/``affine`` (see :func:`field_to_itk_image`) or a suffix other than ``FIELD_SUFFIXES``.
     """
     path = _check_suffix(path)
-    image = sitk.Cast(field_to_itk_image(ddf, affine), sitk.sitkVectorFloat32)
+    image = field_to_itk_image(ddf, affine)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=path.name.lower().endswith(".gz"))
     return path

@@ -21,13 +21,19 @@ from monai.utils import convert_to_tensor
 
 from cover3d.data.field_io import write_displacement_field
 from cover3d.data.readers import volume_suffix
+from cover3d.errors import InputFileNotFoundError, InputValueError
 from cover3d.fields import warp
-from cover3d.metrics import endpoint_error, folding_fraction
+from cover3d.metrics import endpoint_error, folding_fraction, foreground_overlap, global_ncc, mutual_information
 from cover3d.transforms import RandDeformationField, fraction_within_reach
 
-__all__ = ["inference_pair", "predict_field", "save_field_prediction"]
+__all__ = ["MIN_FOREGROUND_OVERLAP", "inference_pair", "predict_field", "save_field_prediction", "similarity_report"]
 
 logger = logging.getLogger(__name__)
+
+# below this foreground overlap coefficient two volumes are too far apart for a field between them to mean much
+MIN_FOREGROUND_OVERLAP = 0.5
+# foreground: preprocessed intensity (in [0, 1]) above this
+FOREGROUND_THRESHOLD = 0.05
 
 
 @torch.no_grad()
@@ -68,7 +74,8 @@ def inference_pair(
     seed: int = 0,
 ) -> dict:
     """Preprocessed views for :func:`save_field_prediction`: ``image`` (view a) and ``image_b`` (C, *S) MetaTensors
-    on one grid, ``name``; with a random deformation also ``ddf`` (3, *S) (the true field, voxels).
+    on one grid, ``name``; with a random deformation also ``ddf`` (3, *S) (the true field, voxels), with two
+    volumes ``moving_foreground``: view a's foreground voxel count before resampling (see :func:`similarity_report`).
 
     Two volumes: ``image_b`` is preprocessed and defines the grid (the field lives on the fixed view's grid);
     ``image_a`` is preprocessed and resampled onto it by world coordinates (linear, zeros outside). One volume
@@ -80,15 +87,17 @@ def inference_pair(
         FileNotFoundError: an input file does not exist.
     """
     if not image_a:
-        raise ValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
+        raise InputValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
     for path in (image_a, image_b):
         if path and not os.path.exists(path):
-            raise FileNotFoundError(f"input volume not found: {path}")
+            raise InputFileNotFoundError(f"input volume not found: {path}")
     view_a = preprocessing({"image": str(image_a)})["image"]
     if image_b:
         view_b = preprocessing({"image": str(image_b)})["image"]
+        foreground = int((view_a > FOREGROUND_THRESHOLD).sum())  # before the part outside b's grid is cut off
         view_a = ResampleToMatch(mode="bilinear", padding_mode="zeros")(view_a, view_b)
-        return {"image": view_a, "image_b": view_b, "name": f"{_name(image_a)}_to_{_name(image_b)}"}
+        name = f"{_name(image_a)}_to_{_name(image_b)}"
+        return {"image": view_a, "image_b": view_b, "name": name, "moving_foreground": foreground}
     generator = copy.deepcopy(deformation) if deformation is not None else RandDeformationField()
     generator.set_random_state(seed=seed)
     ddf = generator(view_a.shape[1:], device=view_a.device)
@@ -103,6 +112,36 @@ def _write_volume(volume: torch.Tensor, affine: torch.Tensor, path: Path) -> Non
     writer.write(str(path))
 
 
+def similarity_report(
+    moving: torch.Tensor,
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    moving_foreground: int | None = None,
+    min_overlap: float = MIN_FOREGROUND_OVERLAP,
+) -> dict:
+    """``similarity`` (global NCC and mutual information of the fixed view with the moving view before and after
+    warping), ``foreground_overlap`` of the moving and fixed views (``moving_foreground``: the moving view's
+    foreground voxel count before it was resampled onto the fixed grid, see :func:`foreground_overlap`), and
+    ``warnings``: one when the overlap is below ``min_overlap`` (the volumes are far apart in world coordinates or
+    show different anatomy) and one per measure that the warp made worse. Views ``(C, *S)`` on one grid,
+    intensities in [0, 1]."""
+    similarity = {
+        "ncc_before": global_ncc(moving, fixed), "ncc_after": global_ncc(warped, fixed),
+        "mi_before": mutual_information(moving, fixed), "mi_after": mutual_information(warped, fixed),
+    }  # fmt: skip
+    overlap = foreground_overlap(moving, fixed, FOREGROUND_THRESHOLD, moving_foreground)
+    warnings = []
+    if overlap < min_overlap:
+        warnings.append(f"the volumes barely overlap: {overlap:.0%} of the smaller foreground (intensity > "
+                        f"{FOREGROUND_THRESHOLD}) lies in the other's (below {min_overlap:.0%}); check that they show "
+                        "the same anatomy in the same world coordinates")
+    for key, label in (("ncc", "NCC"), ("mi", "mutual information")):
+        before, after = similarity[f"{key}_before"], similarity[f"{key}_after"]
+        if after < before:
+            warnings.append(f"the warp made the volumes less similar: {label} {before:.3f} before, {after:.3f} after")
+    return {"similarity": similarity, "foreground_overlap": overlap, "warnings": warnings}
+
+
 def save_field_prediction(
     network: torch.nn.Module, pair: Mapping, output_dir: str | os.PathLike, amp: bool = False
 ) -> dict[str, str]:
@@ -112,9 +151,10 @@ def save_field_prediction(
     - ``warped.nii.gz``: view a warped by it onto view b's grid (``warp(view a, field)``, should resemble view b);
     - ``fixed.nii.gz`` / ``moving.nii.gz``: the preprocessed views b and a (a on b's grid), the network inputs;
     - random deformation only: ``true_field.nii.gz`` (ITK, as above);
-    - ``summary.json``: name, mode, grid, mean |field| (mm) and folding fraction, and for a random deformation the
-      mean end-point error (voxels) of the prediction and of the zero field over the voxels whose target
-      ``p + psi(p)`` is inside the volume, and the fraction of those within the network's reach.
+    - ``summary.json``: name, mode, grid, mean |field| (mm) and folding fraction, the :func:`similarity_report`
+      (NCC and mutual information before / after warping, foreground overlap, warnings, also logged), and for a
+      random deformation the mean end-point error (voxels) of the prediction and of the zero field over the voxels
+      whose target ``p + psi(p)`` is inside the volume, and the fraction of those within the network's reach.
 
     Returns a dict of the written paths (keys as above without suffix, plus ``summary``).
     """
@@ -138,6 +178,8 @@ def save_field_prediction(
         "mean_displacement_mm": float(torch.linalg.vector_norm(field * spacing.float().view(3, 1, 1, 1), dim=0).mean()),
         "folding_fraction": float(folding_fraction(field[None])[0]),
     }
+    moving, fixed = view_a.as_tensor().float().cpu(), torch.as_tensor(view_b).float().cpu()
+    summary.update(similarity_report(moving, warped, fixed, pair.get("moving_foreground")))
     if "ddf" in pair:
         true = torch.as_tensor(pair["ddf"]).float().cpu()
         paths["true_field"] = write_displacement_field(true, affine, f"{prefix}_true_field.nii.gz")
@@ -148,4 +190,10 @@ def save_field_prediction(
     paths["summary"] = Path(f"{prefix}_summary.json")
     paths["summary"].write_text(json.dumps(summary, indent=2))
     logger.info(f"field prediction for {pair['name']} written to {output_dir}: {json.dumps(summary)}")
+    similarity = summary["similarity"]
+    logger.info(f"{pair['name']}: NCC {similarity['ncc_before']:.3f} -> {similarity['ncc_after']:.3f}, mutual "
+                f"information {similarity['mi_before']:.3f} -> {similarity['mi_after']:.3f} nats (before -> after "
+                f"warping), foreground overlap {summary['foreground_overlap']:.0%}")
+    for warning in summary["warnings"]:
+        logger.warning(f"{pair['name']}: {warning}")
     return {key: str(path) for key, path in paths.items()}

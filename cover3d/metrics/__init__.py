@@ -1,5 +1,6 @@
 """Metrics for displacement fields: accuracy (end-point error), plausibility (Jacobian, folding), inverse
-consistency and warped-label Dice. Plain functions on ``(B, 3, D, H, W)`` voxel fields plus MONAI cumulative metrics."""
+consistency, warped-label Dice (plain functions on ``(B, 3, D, H, W)`` voxel fields plus MONAI cumulative metrics),
+and image similarity / foreground overlap of two volumes."""
 
 from cover3d.metrics.field_error import (
     BinnedEndpointError,
@@ -19,6 +20,7 @@ from cover3d.metrics.jacobian import (
 )
 from cover3d.metrics.label_overlap import warp_labels, warped_label_dice
 from cover3d.metrics.per_sample_metric import PerSampleMetric
+from cover3d.metrics.similarity import foreground_overlap, global_ncc, mutual_information
 
 __all__ = [
     "BinnedEndpointError",
@@ -30,11 +32,14 @@ __all__ = [
     "endpoint_error",
     "endpoint_error_map",
     "folding_fraction",
+    "foreground_overlap",
     "fraction_within_tolerance",
+    "global_ncc",
     "inverse_consistency_error",
     "inverse_consistency_map",
     "jacobian_determinant",
     "log_jacobian_std",
+    "mutual_information",
     "warp_labels",
     "warped_label_dice",
 ]

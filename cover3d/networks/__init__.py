@@ -1,5 +1,5 @@
 from cover3d.networks.blocks import VectorEmbeddingUnit, VectorPyramid, pyramid_reach
-from cover3d.networks.nets import CoverNet, CoverSegNet, UNetBackbone
+from cover3d.networks.nets import CoverNet, CoverSegNet, UNetBackbone, basic_unet_kwargs
 from cover3d.networks.weights import WeightLoadReport, load_pretrained_weights, pretraining_metadata, read_state_dict
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "UNetBackbone",
     "VectorEmbeddingUnit",
     "VectorPyramid",
+    "basic_unet_kwargs",
     "WeightLoadReport",
     "load_pretrained_weights",
     "pretraining_metadata",

@@ -12,14 +12,20 @@ import json
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.networks.nets import BasicUNet
 from monai.networks.utils import copy_model_state
 from torch import nn
+
+from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.networks.nets.backbone import UNetBackbone
+from cover3d.networks.pretraining_checks import backbone_widths, layout_differences, preprocessing_differences
 
 __all__ = [
     "METADATA_KEYS",
@@ -37,6 +43,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "network.")
 CHECKPOINT_KEYS = ("network", "model", "state_dict", "model_state_dict", "net")
 # blocks of a pretraining bundle's metadata.json that describe how to reuse its weights
 METADATA_KEYS = ("preprocessing", "pretraining")
+# torch's weights-only unpickler error text (torch 2.6 .. 2.13) names what it refused after this marker
+WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
 
 
 @dataclass
@@ -55,6 +63,8 @@ class WeightLoadReport:
         prefixes: (source prefix removed, target prefix added) used to align the key names.
         metadata: the ``preprocessing`` and ``pretraining`` blocks of the pretraining bundle's metadata.json, when
             found next to the weights file.
+        warnings: differences from how the weights were made (backbone widths, normalisation, activation, and
+            the downstream ``preprocessing`` when given), one sentence each; also logged as warnings.
     """
 
     source: str
@@ -66,6 +76,7 @@ class WeightLoadReport:
     backbone_fraction: float = 0.0
     prefixes: tuple[str, str] = ("", "")
     metadata: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self, max_keys: int = 8) -> str:
         """Multi-line human-readable report (at most ``max_keys`` names per category)."""
@@ -91,6 +102,7 @@ class WeightLoadReport:
             lines.append(f"  source tensors not used ({len(self.unexpected)}): {names(self.unexpected)}")
         if self.metadata:
             lines.append(f"  pretraining settings (bundle metadata): {json.dumps(self.metadata)}")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -99,11 +111,13 @@ def load_pretrained_weights(
     weights: str | os.PathLike | Mapping[str, Any],
     min_fraction: float = 0.5,
     adapt_in_channels: bool = True,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> WeightLoadReport:
     """Copy the name- and shape-matching tensors of ``weights`` into ``network`` (in place) and report.
 
-    ``network`` is a backbone (``UNetBackbone``) or a network holding one as ``.backbone`` (``CoverSegNet``,
-    ``CoverNet``); DDP/DataParallel/``torch.compile`` wrappers are unwrapped. ``weights`` is a state dict, or a
+    ``network`` is a backbone (``UNetBackbone``), a network holding one as ``.backbone`` (``CoverSegNet``,
+    ``CoverNet``), or MONAI's ``BasicUNet`` built with the pretrained layout (``BasicUNet(out_channels=n,
+    **metadata["pretraining"]["basic_unet"])``, whose ``final_conv`` is then the only new layer); DDP/DataParallel/``torch.compile`` wrappers are unwrapped. ``weights`` is a state dict, or a
     file holding a state dict or a checkpoint dict with one under ``network``/``model``/``state_dict``/... ; files
     are read with ``torch.load(..., weights_only=True)`` (no arbitrary pickled objects).
 
@@ -121,16 +135,19 @@ def load_pretrained_weights(
         min_fraction: raise instead of loading when fewer than this fraction of the target backbone's tensors
             (all tensors when the network has no ``.backbone``) would be loaded.
         adapt_in_channels: adapt the input convolution to the target's number of input channels.
+        preprocessing: the downstream preprocessing, as in the metadata's ``preprocessing`` block (any of
+            ``spacing_mm``, ``preset``, ``preset_args``); each difference from the pretraining's is a warning.
 
     Returns:
-        The report (also logged at INFO level, with a warning when tensors were skipped for their shape).
+        The report (also logged at INFO level, with a warning when tensors were skipped for their shape and one
+        per difference from the pretraining metadata: widths, normalisation, activation, preprocessing).
 
     Raises:
         FileNotFoundError: ``weights`` is a path that does not exist.
         ValueError: the file holds non-tensor pickled objects, no state dict, or too little of it matches.
     """
     if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+        raise InputValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
     target = _unwrap(network)
     is_file = isinstance(weights, (str, os.PathLike))
     source_name = str(weights) if is_file else "<state dict>"
@@ -156,8 +173,9 @@ def load_pretrained_weights(
         prefixes=(source_prefix, target_prefix),
         metadata=pretraining_metadata(weights) if is_file else None,
     )
+    report.warnings = _metadata_differences(target, target_state, report.metadata, preprocessing)
     if report.backbone_fraction < min_fraction:
-        raise ValueError(
+        raise InputValueError(
             f"refusing to load weights from {source_name}: only {report.backbone_fraction:.0%} of the target "
             f"backbone's tensors match (min_fraction={min_fraction}).{_mismatch_hint(target, report)}\n"
             + report.summary()
@@ -167,6 +185,8 @@ def load_pretrained_weights(
     if report.shape_mismatched:
         logger.warning(f"{len(report.shape_mismatched)} tensor(s) of {source_name} not loaded for their shape: "
                        + ", ".join(report.shape_mismatched))
+    for warning in report.warnings:
+        logger.warning(f"weights from {source_name}: {warning}")
     return report
 
 
@@ -180,19 +200,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise InputFileNotFoundError(f"weights file not found: {path}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(e)
-        if "Unsupported global" in reason:
-            raise ValueError(
-                f"refusing to load {path}: it holds objects other than tensors and plain containers, which "
-                f"torch.load(weights_only=True) does not unpickle ({reason}). Save plain state dicts."
-            ) from e
-        raise ValueError(f"cannot read weights file {path}: not a PyTorch checkpoint or corrupt ({reason})") from e
+        if not _is_pickled(path):
+            raise InputValueError(
+                f"cannot read weights file {path}: not a PyTorch checkpoint or corrupt (neither a torch.save "
+                "archive nor a pickle stream)"
+            ) from None  # torch's own text suggests weights_only=False
+        raise InputValueError(
+            f"refusing to load {path}: it holds pickled Python objects ({_unpickler_reason(e)}), and cover3d "
+            "reads weights with torch.load(weights_only=True), which accepts only tensors and plain containers "
+            "(dict, list, tuple, str, numbers) because unpickling an object can run arbitrary code. Save the "
+            "network's state dict alone: torch.save(network.state_dict(), path)."
+        ) from None  # torch's own text suggests weights_only=False
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
+        raise InputValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
     return _find_state_dict(content, str(path))
 
 
@@ -212,21 +236,32 @@ def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
         try:
             content = json.loads(candidate.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
+            raise InputValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
         if not isinstance(content, dict):
-            raise ValueError(f"bundle metadata {candidate} is not a JSON object")
+            raise InputValueError(f"bundle metadata {candidate} is not a JSON object")
         blocks = {key: content[key] for key in METADATA_KEYS if key in content}
         if blocks:
             return blocks
     return None
 
 
+def _is_pickled(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` zip archive or a pickle stream (protocol >= 2 starts with 0x80)."""
+    with path.open("rb") as f:
+        if zipfile.is_zipfile(f):
+            return True
+        f.seek(0)
+        return f.read(1) == b"\x80"
+
+
 def _unpickler_reason(error: Exception) -> str:
-    """The informative part of a ``torch.load`` error (torch's weights-only errors are paragraphs long)."""
-    text, marker = str(error), "WeightsUnpickler error:"
-    if marker in text:
-        detail = next((line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()), "")
-        return f"{marker} {detail.split('. ')[0]}"
+    """The informative part of a ``torch.load`` error, without torch's paragraphs of advice: what the weights-only
+    unpickler met (``Unsupported global: GLOBAL pkg.Class``, ``Unsupported operand 149``), else the first line."""
+    text = str(error)
+    if WEIGHTS_ONLY_MARKER in text:
+        detail = text.split(WEIGHTS_ONLY_MARKER, 1)[1].strip().splitlines()
+        first = detail[0].strip() if detail else ""
+        return first.split(" was not an allowed global")[0].split(". ")[0] or "an object that is not a tensor"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
@@ -244,9 +279,9 @@ def _find_state_dict(content: Any, name: str) -> dict[str, torch.Tensor]:
             if _is_state_dict(content.get(key)):
                 return dict(content[key])
         found = ", ".join(f"'{k}'" for k in content)
-        raise ValueError(f"{name} holds no state dict: expected a dict of tensors or one under "
+        raise InputValueError(f"{name} holds no state dict: expected a dict of tensors or one under "
                          f"{', '.join(CHECKPOINT_KEYS)}; top-level keys: {found or 'none'}")
-    raise ValueError(f"{name} holds a {type(content).__name__}, not a state dict (a dict of tensors)")
+    raise InputValueError(f"{name} holds a {type(content).__name__}, not a state dict (a dict of tensors)")
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -318,17 +353,43 @@ def _adapt_input_conv(
     return [key]
 
 
+def _backbone_prefix(network: nn.Module) -> str:
+    return "backbone." if isinstance(getattr(network, "backbone", None), nn.Module) else ""
+
+
+def _is_backbone_key(network: nn.Module, key: str) -> bool:
+    """Whether ``key`` belongs to the U-Net: under ``backbone.``, or anything but a ``BasicUNet``'s final_conv."""
+    prefix = _backbone_prefix(network)
+    if prefix:
+        return key.startswith(prefix)
+    return not (isinstance(network, BasicUNet) and not isinstance(network, UNetBackbone) and key.startswith("final_conv."))
+
+
 def _backbone_fraction(network: nn.Module, target: Mapping[str, torch.Tensor], loaded: list[str]) -> float:
-    """Loaded fraction of the tensors under ``backbone.`` (of all tensors when the network has no backbone)."""
-    prefix = "backbone." if isinstance(getattr(network, "backbone", None), nn.Module) else ""
-    keys, loaded_keys = [k for k in target if k.startswith(prefix)], set(loaded)
+    """Loaded fraction of the U-Net's tensors (see :func:`_is_backbone_key`)."""
+    keys, loaded_keys = [k for k in target if _is_backbone_key(network, k)], set(loaded)
     return sum(k in loaded_keys for k in keys) / max(1, len(keys))
+
+
+def _metadata_differences(
+    network: nn.Module, target: Mapping[str, torch.Tensor], metadata: dict | None, preprocessing: Mapping | None
+) -> list[str]:
+    """Layout and preprocessing differences from the pretraining metadata (none without metadata)."""
+    if not metadata:
+        return []
+    prefix = _backbone_prefix(network)
+    modules = [(n, m) for n, m in network.named_modules() if _is_backbone_key(network, f"{n}.")]
+    problems = layout_differences(modules, backbone_widths(target, prefix), metadata.get("pretraining", {}))
+    if preprocessing is not None:
+        problems += preprocessing_differences(metadata.get("preprocessing", {}), preprocessing)
+    return problems
 
 
 def _mismatch_hint(network: nn.Module, report: WeightLoadReport) -> str:
     """A sentence comparing the target backbone's widths with the pretraining metadata, or a generic hint."""
-    pretrained = (report.metadata or {}).get("pretraining", {}).get("backbone_channels")
-    mine = getattr(getattr(network, "backbone", network), "channels", None)
+    pretraining = (report.metadata or {}).get("pretraining", {})
+    pretrained = pretraining.get("backbone_channels")
+    mine = backbone_widths(network.state_dict(), _backbone_prefix(network))
     if pretrained is not None and mine is not None and list(mine) != list(pretrained):
         return f" The backbone widths differ: channels={list(pretrained)} pretrained vs {list(mine)} in this network."
     return (" Check that the network has the pretrained backbone's channel widths and that the file holds "

@@ -14,6 +14,7 @@ from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey, ensure_tuple
 
 from cover3d.data.checks import label_shape_problem, volume_problems
+from cover3d.errors import InputValueError
 
 __all__ = ["CheckVolumed", "source_name"]
 
@@ -28,7 +29,7 @@ def source_name(volume: torch.Tensor, key: Hashable = "") -> str:
 class CheckVolumed(MapTransform):
     """Validate freshly loaded volumes; use right after ``LoadImaged(..., ensure_channel_first=True)``.
 
-    Raises one ``ValueError`` listing every problem, each naming its file (from meta ``filename_or_obj``):
+    Raises one ``InputValueError`` (a ``ValueError``) listing every problem, each naming its file (from meta ``filename_or_obj``):
     not 3 spatial dimensions, wrong channel count, empty, NaN/Inf values, constant image, or a label whose
     spatial shape differs from the image's. Volumes pass through unchanged.
 
@@ -65,5 +66,5 @@ class CheckVolumed(MapTransform):
                 problem = label_shape_problem(image, source_name(image, image_key), d[key], source_name(d[key], key))
                 problems += [problem] if problem else []
         if problems:
-            raise ValueError("invalid input volume(s):\n  " + "\n  ".join(problems))
+            raise InputValueError("invalid input volume(s):\n  " + "\n  ".join(problems))
         return d

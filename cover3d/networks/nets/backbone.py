@@ -1,27 +1,56 @@
-"""3D U-Net backbone that returns its multi-scale decoder features (the part users take downstream)."""
+"""3D U-Net backbone that returns its multi-scale decoder features: MONAI's ``BasicUNet`` without the final 1x1x1
+convolution, so its weights load, every tensor of them, into ``monai.networks.nets.BasicUNet``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
-from torch import nn
+from monai.networks.nets import BasicUNet
 
-__all__ = ["UNetBackbone"]
+__all__ = ["UNetBackbone", "basic_unet_kwargs"]
 
 
-class UNetBackbone(nn.Module):
-    """U-Net built from MONAI ``BasicUNet`` blocks, returning features at strides 16, 8, 4, 2, 1.
+def basic_unet_kwargs(
+    channels: Sequence[int],
+    in_channels: int = 1,
+    norm_groups: int = 4,
+    negative_slope: float = 0.2,
+    upsample: str = "deconv",
+    spatial_dims: int = 3,
+) -> dict:
+    """Arguments of ``monai.networks.nets.BasicUNet`` (all but ``out_channels``) whose layers are those of
+    ``UNetBackbone(spatial_dims, in_channels, channels, norm_groups, negative_slope, upsample)``.
 
-    Written on MONAI's blocks rather than ``BasicUNet`` itself because COVER needs every decoder scale and
-    GroupNorm with a fixed number of channels per group (``BasicUNet`` takes one norm for all widths).
+    JSON-serialisable (lists, no tuples): pretraining writes it into ``models/metadata.json``
+    (``pretraining.basic_unet``), so ``BasicUNet(out_channels=n, **kwargs)`` rebuilds the pretrained network.
+    """
+    channels = [int(c) for c in channels]
+    return {
+        "spatial_dims": spatial_dims,
+        "in_channels": in_channels,
+        "features": [*channels, channels[0]],
+        "norm": ["group", {"num_groups": norm_groups}],
+        "act": ["LeakyReLU", {"negative_slope": negative_slope, "inplace": True}],
+        "bias": True,
+        "upsample": upsample,
+    }
+
+
+class UNetBackbone(BasicUNet):
+    """``monai.networks.nets.BasicUNet`` (GroupNorm, LeakyReLU) returning features at strides 16, 8, 4, 2, 1.
+
+    The layers and state-dict names are exactly those of ``BasicUNet(**basic_unet_kwargs(channels, ...))``
+    (``features = (*channels, channels[0])``) minus its ``final_conv``: pretrained backbone weights load completely
+    into that MONAI network, whose ``final_conv`` is then the only new layer. COVER needs every decoder scale,
+    so ``forward`` returns all of them instead of ``BasicUNet``'s logits.
 
     Args:
         spatial_dims: 3 for volumes (2 works too).
         in_channels: input channels.
-        channels: encoder widths at strides 1, 2, 4, 8, 16 (the decoder mirrors them).
-        channels_per_group: GroupNorm group size; groups = max(1, width // channels_per_group).
+        channels: encoder widths at strides 1, 2, 4, 8, 16 (the decoder mirrors them), each divisible by
+            ``norm_groups``.
+        norm_groups: number of GroupNorm groups, the same for every layer (as ``BasicUNet`` takes one norm).
         negative_slope: LeakyReLU slope.
         upsample: ``UpCat`` upsampling mode (``"deconv"`` or ``"nontrainable"``).
 
@@ -34,36 +63,34 @@ class UNetBackbone(nn.Module):
         spatial_dims: int = 3,
         in_channels: int = 1,
         channels: Sequence[int] = (32, 64, 128, 256, 512),
-        channels_per_group: int = 8,
+        norm_groups: int = 4,
         negative_slope: float = 0.2,
         upsample: str = "deconv",
     ) -> None:
-        super().__init__()
         if len(channels) != 5:
             raise ValueError(f"channels must list 5 widths (strides 1..16), got {tuple(channels)}")
+        if any(int(c) % norm_groups for c in channels):
+            raise ValueError(f"every width of channels={tuple(channels)} must be divisible by norm_groups={norm_groups}")
+        kwargs = basic_unet_kwargs(channels, in_channels, norm_groups, negative_slope, upsample, spatial_dims)
+        super().__init__(out_channels=1, **kwargs)
+        del self.final_conv  # the backbone ends at the decoder's full-resolution feature
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.channels = tuple(int(c) for c in channels)
-        act = ("LeakyReLU", {"negative_slope": negative_slope, "inplace": True})
-
-        def norm(width: int) -> tuple:
-            return ("group", {"num_groups": max(1, width // channels_per_group)})
-
-        c0, c1, c2, c3, c4 = self.channels
-        self.conv_0 = TwoConv(spatial_dims, in_channels, c0, act, norm(c0), bias=True)
-        self.down_1 = Down(spatial_dims, c0, c1, act, norm(c1), bias=True)
-        self.down_2 = Down(spatial_dims, c1, c2, act, norm(c2), bias=True)
-        self.down_3 = Down(spatial_dims, c2, c3, act, norm(c3), bias=True)
-        self.down_4 = Down(spatial_dims, c3, c4, act, norm(c4), bias=True)
-        self.upcat_4 = UpCat(spatial_dims, c4, c3, c3, act, norm(c3), bias=True, upsample=upsample)
-        self.upcat_3 = UpCat(spatial_dims, c3, c2, c2, act, norm(c2), bias=True, upsample=upsample)
-        self.upcat_2 = UpCat(spatial_dims, c2, c1, c1, act, norm(c1), bias=True, upsample=upsample)
-        self.upcat_1 = UpCat(spatial_dims, c1, c0, c0, act, norm(c0), bias=True, upsample=upsample)
+        self.norm_groups = norm_groups
+        self.negative_slope = negative_slope
+        self.upsample = upsample
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
         """Channels of the returned features, coarse to fine."""
         return tuple(reversed(self.channels))
+
+    def basic_unet_kwargs(self) -> dict:
+        """``BasicUNet`` arguments (all but ``out_channels``) of the MONAI network these weights load into."""
+        return basic_unet_kwargs(
+            self.channels, self.in_channels, self.norm_groups, self.negative_slope, self.upsample, self.spatial_dims
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if any(s % 16 for s in x.shape[2:]):
