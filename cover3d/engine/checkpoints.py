@@ -16,6 +16,8 @@ from typing import IO
 
 import torch
 
+from cover3d.errors import InputError
+
 __all__ = [
     "RunLock",
     "RunLockedError",
@@ -115,8 +117,8 @@ def move_aside(save_dir: str | os.PathLike, names: list[str]) -> Path | None:
     return target
 
 
-class RunLockedError(RuntimeError):
-    """Another process is training into the same checkpoint folder."""
+class RunLockedError(InputError, RuntimeError):
+    """Another process is training into the same checkpoint folder (shown as one message)."""
 
 
 class RunLock:

@@ -24,6 +24,7 @@ from cover3d.engine.checkpoints import (
     save_atomic,
 )
 from cover3d.engine.settings import require_bool
+from cover3d.errors import InputValueError
 
 __all__ = ["TrainingCheckpoints", "CheckpointMismatchError", "rng_state", "set_rng_state"]
 
@@ -31,8 +32,8 @@ logger = logging.getLogger(__name__)
 _SCHEDULER_COUNTERS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial", "lr_lambdas"}
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that does not fit the run's network, optimizer or schedule."""
+class CheckpointMismatchError(InputValueError):
+    """A checkpoint that does not fit the run's network, optimizer or schedule (shown as one message)."""
 
 
 def rng_state() -> dict[str, object]:

@@ -7,16 +7,18 @@ import os
 
 import torch
 
+from cover3d.errors import InputValueError
+
 __all__ = ["default_num_threads", "require_bool", "require_bools", "set_num_threads"]
 
 
 def require_bool(value: object, name: str) -> bool:
-    """``value`` if it is a bool, else a ``ValueError`` naming the setting. On the ``monai.bundle`` command line
+    """``value`` if it is a bool, else an :class:`~cover3d.errors.InputValueError` naming the setting. On the ``monai.bundle`` command line
     ``--flag false`` arrives as the (truthy) string ``'false'``: only ``--flag False`` / ``--flag True`` are bools."""
     if isinstance(value, bool):
         return value
     hint = f" (on the command line write --{name} {str(value).strip().capitalize()})" if str(value).strip().lower() in ("true", "false") else ""
-    raise ValueError(f"setting {name!r} must be True or False, got {value!r}{hint}")
+    raise InputValueError(f"setting {name!r} must be True or False, got {value!r}{hint}")
 
 
 def require_bools(**settings: object) -> None:
