@@ -79,3 +79,23 @@ def test_multi_gpu_overlay_runs_the_bundles_own_initialisation(name):
     assert overlay[0].startswith("$dist.is_initialized() or dist.init_process_group(")
     rank_zero_only = " if dist.get_rank() == 0 else None"
     assert [step.replace(rank_zero_only, "").replace("@network.module", "@network") for step in overlay[2:]] == base
+
+
+def _average_in_process(rank: int, store: str, results) -> None:
+    from cover3d.engine import AverageLossGradients
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    head = torch.nn.Linear(3, 2)
+    for p in head.parameters():
+        p.grad = torch.full_like(p, float(rank + 1))  # rank 0: ones, rank 1: twos
+    AverageLossGradients(head)(None)
+    results[rank] = torch.cat([p.grad.flatten() for p in head.parameters()])
+    torch.distributed.destroy_process_group()
+
+
+def test_loss_head_gradients_are_averaged_across_ranks(tmp_path):
+    """A pretext head lives in the loss, outside DDP: its gradients are averaged by AverageLossGradients."""
+    manager = torch.multiprocessing.get_context("spawn").Manager()
+    results = manager.dict()
+    torch.multiprocessing.spawn(_average_in_process, args=(str(tmp_path / "store"), results), nprocs=2)
+    assert torch.equal(results[0], results[1]) and torch.allclose(results[0], torch.full((8,), 1.5))

@@ -1,12 +1,14 @@
 from cover3d.engine.best_checkpoint import BestCheckpointSaver
 from cover3d.engine.bundle import locate_bundle
 from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoint, list_checkpoints, save_atomic, write_json_atomic
+from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from cover3d.engine.settings import default_num_threads, require_bool, require_bools, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
 __all__ = [
+    "AverageLossGradients",
     "BestCheckpointSaver",
     "CheckpointMismatchError",
     "CoverTrainer",
