@@ -131,7 +131,8 @@ def preflight_check(
     image_keys, label_keys = ensure_tuple(keys), ensure_tuple(label_keys)
     problems: list[str] = patch_size_problems(patch_size) if patch_size is not None else []
     missing: list[str] = []
-    opened: dict[tuple[str, ...], torch.Tensor | None] = {}  # files already checked -> volume (None: not usable)
+    # files already checked -> shape-only (meta device) stand-in of the volume, None when missing or unreadable
+    opened: dict[tuple[str, ...], torch.Tensor | None] = {}
     for index, entry in enumerate(datalist):
         volumes: dict[Hashable, tuple[torch.Tensor, str]] = {}
         for key in image_keys + label_keys:
@@ -141,9 +142,10 @@ def preflight_check(
             paths = tuple(str(p) for p in ensure_tuple(entry[key]))
             name = ", ".join(paths)
             if paths not in opened:
-                opened[paths] = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
-                if _is_volume(opened[paths]) and patch_size is not None and key not in label_keys:
-                    _compare_with_patch(opened[paths], name, patch_size, pixdim, problems)
+                volume = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
+                if _is_volume(volume) and patch_size is not None and key not in label_keys:
+                    _compare_with_patch(volume, name, patch_size, pixdim, problems)
+                opened[paths] = None if volume is None else torch.empty(volume.shape, device="meta")  # no voxels kept
             if opened[paths] is not None and opened[paths].ndim == 4:
                 volumes[key] = (opened[paths], name)
         image_key = next((k for k in image_keys if k in volumes), None)
