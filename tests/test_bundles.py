@@ -122,7 +122,7 @@ def bad_inputs(folder: Path) -> dict[str, tuple[list, list | None, dict, str]]:
         "missing": ([{"image": good}, {"image": "absent.nii.gz"}], None, {}, "absent.nii.gz ('image' of entry 1)"),
         "unreadable": ([{"image": "garbage.nii.gz"}], None, {}, "garbage.nii.gz: unreadable"),
         "empty": ([], None, {}, "'training' must be a non-empty list"),
-        "small": ([{"image": small}], None, {}, "small.nii.gz: smaller than the training patch: [6, 6, 6] voxels"),
+        "small": ([{"image": small}], None, {}, "small.nii.gz: much smaller than the training patch: [6, 6, 6] voxels"),
         "patch": ([{"image": good}], None, {"patch_size": [40, 48, 48], "context_size": [72, 72, 72]},
                   "patch_size [40, 48, 48] is not divisible by 16"),
         "in both lists": ([{"image": nans}], [{"image": nans}], {}, "with_nan.nii.gz: has 1 non-finite"),

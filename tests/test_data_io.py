@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -273,6 +274,19 @@ def test_preflight_check_lists_every_bad_file(volumes):
     assert f"image {volumes['good']} spatial shape" in text
 
 
+def test_preflight_check_compares_volumes_with_the_training_patch(tmp_path, caplog):
+    """Spacing 1.5 x 1.5 x 2 mm: 20 x 16 x 12 voxels are 30 x 24 x 24 mm, i.e. [20, 16, 16] voxels at 1.5 mm."""
+    path = save_nifti(tmp_path / "slab.nii.gz", np.random.rand(20, 16, 12).astype(np.float32))
+    with pytest.raises(ValueError, match=r"^pre-flight check: .*slab.nii.gz: much smaller than the training patch: "
+                       r"\[20, 16, 16\] voxels at \[1.5, 1.5, 1.5\] mm .*patch_size \[48, 16, 16\]"):
+        preflight_check([{"image": path}], keys="image", patch_size=(48, 16, 16), pixdim=(1.5, 1.5, 1.5))
+    caplog.set_level(logging.WARNING)
+    preflight_check([{"image": path}], keys="image", patch_size=(32, 16, 16), pixdim=(1.5, 1.5, 1.5))
+    assert "slab.nii.gz: smaller than the training patch: [20, 16, 16]" in caplog.text
+    with pytest.raises(ValueError, match=r"^pre-flight check: patch_size \[40, 16, 16\] is not divisible by 16.*use e.g. \[32, 16, 16\]"):
+        preflight_check([{"image": path}], keys="image", patch_size=(40, 16, 16))
+
+
 def test_preflight_check_missing_only_and_valid(volumes):
     with pytest.raises(FileNotFoundError, match="missing.nii.gz: file not found"):
         preflight_check([{"image": volumes["missing"]}], keys="image")
@@ -317,7 +331,7 @@ def test_datalist_cli_on_folder(tmp_path, oblique, capsys):
     images, labels = make_dataset(tmp_path / "data", oblique)
     out = tmp_path / "lists" / "data.json"
     args = [str(images), "--output", str(out), "--labels", str(labels), "--base-dir", str(tmp_path / "data")]
-    with pytest.raises(ValueError, match=r"4 problems .*\n.*case_a.nii.gz: smaller than the training patch: \[16, 20, 12\]"):
+    with pytest.raises(ValueError, match=r"4 problems .*\n.*case_a.nii.gz: much smaller than the training patch: \[16, 20, 12\]"):
         datalist_main([*args, "--check"])  # the bundles' default 48^3 patch at the volumes' own spacing
     datalist_main([*args, "--val-fraction", "0.25", "--seed", "3", "--check", "--patch-size", "16", "16", "16",
                    "--pixdim", "0.5", "0.5", "0.5"])  # fmt: skip

@@ -3,6 +3,7 @@ every bad file reported at once before training starts)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Hashable, Sequence
 
@@ -16,7 +17,19 @@ from monai.utils import ensure_tuple
 from cover3d.data.readers import SimpleITKReader
 from cover3d.errors import InputFileNotFoundError, InputValueError
 
-__all__ = ["label_shape_problem", "patch_size_problems", "preflight_check", "size_problem", "volume_problems"]
+__all__ = [
+    "MIN_PATCH_COVERAGE",
+    "label_shape_problem",
+    "patch_size_problems",
+    "preflight_check",
+    "resampled_size",
+    "volume_problems",
+]
+
+logger = logging.getLogger(__name__)
+
+# an image covering less than this fraction of the training patch on an axis is refused (mostly zero padding)
+MIN_PATCH_COVERAGE = 0.5
 
 
 def volume_problems(volume: torch.Tensor, name: str, channels: int = 1, is_label: bool = False) -> list[str]:
@@ -69,23 +82,16 @@ def patch_size_problems(patch_size: Sequence[int], divisor: int = 16) -> list[st
     return []
 
 
-def size_problem(
-    volume: torch.Tensor, name: str, patch_size: Sequence[int], pixdim: Sequence[float] | None = None
-) -> str | None:
-    """A message when ``volume`` (C, X, Y, Z), resampled to ``pixdim`` mm (None: its own spacing) and oriented to
-    RAS, has fewer voxels than ``patch_size`` on an axis (training would pad it with zeros), else None."""
+def resampled_size(volume: torch.Tensor, pixdim: Sequence[float] | None = None) -> list[int]:
+    """Voxels per RAS axis of ``volume`` (C, X, Y, Z) once oriented to RAS and resampled to ``pixdim`` mm (None: its
+    own spacing), from its affine (MetaTensor ``affine``; identity without one), before any foreground crop."""
     affine = np.asarray(getattr(volume, "affine", np.eye(4)), dtype=np.float64)[:3, :3]
     spacing = np.linalg.norm(affine, axis=0)
     ras_axis = np.abs(affine).argmax(axis=0)  # the RAS axis each file axis becomes after orientation
     extent_mm = np.zeros(3)
     extent_mm[ras_axis] = np.asarray(volume.shape[1:], dtype=np.float64) * spacing
     target = np.asarray(pixdim, dtype=np.float64) if pixdim is not None else spacing[np.argsort(ras_axis)]
-    voxels = np.floor(extent_mm / target + 1e-6).astype(int)
-    if np.all(voxels >= np.asarray(patch_size)):
-        return None
-    at = f"{[float(t) for t in target]} mm" if pixdim is not None else "its own spacing"
-    return (f"{name}: smaller than the training patch: {voxels.tolist()} voxels at {at} (RAS axes), patch_size "
-            f"{[int(p) for p in patch_size]} (it would be zero-padded)")
+    return np.floor(extent_mm / target + 1e-6).astype(int).tolist()
 
 
 def preflight_check(
@@ -108,14 +114,15 @@ def preflight_check(
         channels: expected channel count of each image.
         reader: reader passed to ``LoadImage``; default: ``NibabelReader`` for NIfTI, ``SimpleITKReader``
             for NRRD/MHA/MHD files and DICOM folders (as the cover3d presets load them).
-        patch_size: training patch; when given it must be divisible by 16, and every image must have at least
-            that many voxels on each RAS axis at ``pixdim`` (before any foreground crop).
+        patch_size: training patch; when given it must be divisible by 16, and every image must cover at least
+            ``MIN_PATCH_COVERAGE`` of it on each RAS axis at ``pixdim`` (before any foreground crop); an image
+            smaller than the patch but not that small is logged as a warning (its patches are partly padding).
         pixdim: training voxel spacing in mm (None: each image's own spacing).
 
     Raises:
         InputFileNotFoundError: when the only problems are missing files (all listed).
         InputValueError: listing every problem — bad patch size, missing key, missing or unreadable file, not
-            3D, wrong channel count, empty, NaN/Inf values, constant image, smaller than the patch, label/image
+            3D, wrong channel count, empty, NaN/Inf values, constant image, much smaller than the patch, label/image
             shape mismatch — each with its file. One problem gives a one-line message.
     """
     loader = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=None)
@@ -124,7 +131,8 @@ def preflight_check(
     image_keys, label_keys = ensure_tuple(keys), ensure_tuple(label_keys)
     problems: list[str] = patch_size_problems(patch_size) if patch_size is not None else []
     missing: list[str] = []
-    opened: dict[tuple[str, ...], torch.Tensor | None] = {}  # files already checked -> volume (None: not usable)
+    # files already checked -> shape-only (meta device) stand-in of the volume, None when missing or unreadable
+    opened: dict[tuple[str, ...], torch.Tensor | None] = {}
     for index, entry in enumerate(datalist):
         volumes: dict[Hashable, tuple[torch.Tensor, str]] = {}
         for key in image_keys + label_keys:
@@ -134,10 +142,10 @@ def preflight_check(
             paths = tuple(str(p) for p in ensure_tuple(entry[key]))
             name = ", ".join(paths)
             if paths not in opened:
-                opened[paths] = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
-                if _is_volume(opened[paths]) and patch_size is not None and key not in label_keys:
-                    problem = size_problem(opened[paths], name, patch_size, pixdim)
-                    problems += [problem] if problem else []
+                volume = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
+                if _is_volume(volume) and patch_size is not None and key not in label_keys:
+                    _compare_with_patch(volume, name, patch_size, pixdim, problems)
+                opened[paths] = None if volume is None else torch.empty(volume.shape, device="meta")  # no voxels kept
             if opened[paths] is not None and opened[paths].ndim == 4:
                 volumes[key] = (opened[paths], name)
         image_key = next((k for k in image_keys if k in volumes), None)
@@ -171,6 +179,21 @@ def _open_and_check(
         return None
     problems += volume_problems(volume, name, 1 if is_label else channels, is_label)
     return volume
+
+
+def _compare_with_patch(
+    volume: torch.Tensor, name: str, patch_size: Sequence[int], pixdim: Sequence[float] | None, problems: list[str]
+) -> None:
+    """Append a problem when ``volume`` covers less than ``MIN_PATCH_COVERAGE`` of the patch on an axis at the
+    training spacing (its patches would be mostly zero padding); log a warning when it is smaller than the patch."""
+    size, patch = resampled_size(volume, pixdim), [int(p) for p in patch_size]
+    at = f"{[float(p) for p in pixdim]} mm" if pixdim is not None else "its own spacing"
+    if any(s < MIN_PATCH_COVERAGE * p for s, p in zip(size, patch)):
+        problems.append(f"{name}: much smaller than the training patch: {size} voxels at {at} (RAS axes), less than "
+                        f"{MIN_PATCH_COVERAGE:.0%} of patch_size {patch} on an axis (patches would be mostly zero padding)")
+    elif any(s < p for s, p in zip(size, patch)):
+        logger.warning(f"{name}: smaller than the training patch: {size} voxels at {at} (RAS axes), patch_size "
+                       f"{patch}; its patches are zero-padded on that axis")
 
 
 def _is_volume(volume: torch.Tensor | None) -> bool:
