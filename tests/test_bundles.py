@@ -164,8 +164,9 @@ def test_bundle_command_ends_with_the_message_and_shows_the_traceback_on_request
     entries, _, _, expected = bad_inputs(tmp_path)["small"]
     datalist = tmp_path / "list.json"
     datalist.write_text(json.dumps({"training": entries, "validation": [{"image": "good.nii.gz"}]}))
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(REPO / "bundles" / "cover_ct" / "train.json"),
-               "--dataset_dir", str(tmp_path), "--datalist", str(datalist), "--ckpt_dir", str(tmp_path / "models")]  # fmt: skip
+    config = str(REPO / "bundles" / "cover_ct" / "train.json")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(tmp_path),
+               "--datalist", str(datalist), "--ckpt_dir", str(tmp_path / "models")]  # fmt: skip
     for show_traceback in ("", "1"):
         env = {**os.environ, "COVER3D_TRACEBACK": show_traceback, "PYTHONPATH": str(REPO)}
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)

@@ -283,7 +283,8 @@ def test_preflight_check_compares_volumes_with_the_training_patch(tmp_path, capl
     caplog.set_level(logging.WARNING)
     preflight_check([{"image": path}], keys="image", patch_size=(32, 16, 16), pixdim=(1.5, 1.5, 1.5))
     assert "slab.nii.gz: smaller than the training patch: [20, 16, 16]" in caplog.text
-    with pytest.raises(ValueError, match=r"^pre-flight check: patch_size \[40, 16, 16\] is not divisible by 16.*use e.g. \[32, 16, 16\]"):
+    not_divisible = r"^pre-flight check: patch_size \[40, 16, 16\] is not divisible by 16.*use e.g. \[32, 16, 16\]"
+    with pytest.raises(ValueError, match=not_divisible):
         preflight_check([{"image": path}], keys="image", patch_size=(40, 16, 16))
 
 
@@ -331,7 +332,8 @@ def test_datalist_cli_on_folder(tmp_path, oblique, capsys):
     images, labels = make_dataset(tmp_path / "data", oblique)
     out = tmp_path / "lists" / "data.json"
     args = [str(images), "--output", str(out), "--labels", str(labels), "--base-dir", str(tmp_path / "data")]
-    with pytest.raises(ValueError, match=r"4 problems .*\n.*case_a.nii.gz: much smaller than the training patch: \[16, 20, 12\]"):
+    too_small = r"4 problems .*\n.*case_a.nii.gz: much smaller than the training patch: \[16, 20, 12\]"
+    with pytest.raises(ValueError, match=too_small):
         datalist_main([*args, "--check"])  # the bundles' default 48^3 patch at the volumes' own spacing
     datalist_main([*args, "--val-fraction", "0.25", "--seed", "3", "--check", "--patch-size", "16", "16", "16",
                    "--pixdim", "0.5", "0.5", "0.5"])  # fmt: skip

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def readme_blocks(heading: str, language: str) -> list[str]:
     """The ``language`` code blocks of the README section starting at the line ``heading`` (up to the next heading)."""
-    lines = (REPO / "README.md").read_text().splitlines()
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     body, in_code = [], False
     for line in lines[lines.index(heading) + 1 :]:
         if line.startswith("#") and not in_code:
@@ -68,7 +68,8 @@ def test_downstream_snippets_load_the_whole_backbone_and_warn_as_documented(clon
 
     caplog.set_level(logging.WARNING)
     exec(blocks[1], namespace)  # noqa: S102
-    documented = [line.split("# logs:")[-1].strip(" #") for line in blocks[1].splitlines() if line.lstrip().startswith("#")]
+    comments = [line for line in blocks[1].splitlines() if line.lstrip().startswith("#")]
+    documented = [line.split("# logs:")[-1].strip(" #") for line in comments]
     assert namespace["report"].warnings == documented and namespace["report"].backbone_fraction == 1.0
     assert all(w in caplog.text for w in documented)
 
@@ -77,8 +78,8 @@ def test_downstream_snippets_load_the_whole_backbone_and_warn_as_documented(clon
 def test_field_export_snippets_run_and_plain_simpleitk_reads_the_field(clone, monkeypatch):
     (command,) = readme_blocks("### Predicting and exporting fields", "bash")
     (snippet,) = readme_blocks("### Predicting and exporting fields", "python")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` is this interpreter
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "NCC" in result.stdout and "foreground overlap" in result.stdout

@@ -175,7 +175,8 @@ def test_weights_only_refuses_pickled_objects_and_never_suggests_unsafe_loading(
         load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), path)
     message = str(caught.value)
     assert message.startswith(f"refusing to load {path}: it holds pickled Python objects")
-    assert "weights_only=True" in message and "arbitrary code" in message and "torch.save(network.state_dict()" in message
+    assert "weights_only=True" in message and "arbitrary code" in message
+    assert "torch.save(network.state_dict()" in message
     assert "False" not in message and caught.value.__cause__ is None  # torch's advice is not passed on
     if writer == "torch.save":
         assert "NotAWeight" in message
@@ -193,7 +194,9 @@ def test_bad_files_give_clear_errors(tmp_path):
     assert "False" not in str(caught.value)
 
 
-def pretraining_bundle(tmp_path, source: CoverNet, spacing=(2.5, 2.5, 2.5), preset="cover3d.transforms.ct_preprocessing"):
+def pretraining_bundle(
+    tmp_path, source: CoverNet, spacing=(2.5, 2.5, 2.5), preset="cover3d.transforms.ct_preprocessing"
+):
     """A pretraining bundle folder as a run leaves it: models/model.pt and models/metadata.json."""
     models = tmp_path / "bundle" / "models"
     models.mkdir(parents=True)

@@ -190,7 +190,8 @@ def _compare_with_patch(
     at = f"{[float(p) for p in pixdim]} mm" if pixdim is not None else "its own spacing"
     if any(s < MIN_PATCH_COVERAGE * p for s, p in zip(size, patch)):
         problems.append(f"{name}: much smaller than the training patch: {size} voxels at {at} (RAS axes), less than "
-                        f"{MIN_PATCH_COVERAGE:.0%} of patch_size {patch} on an axis (patches would be mostly zero padding)")
+                        f"{MIN_PATCH_COVERAGE:.0%} of patch_size {patch} on an axis (patches would be mostly zero "
+                        "padding)")
     elif any(s < p for s, p in zip(size, patch)):
         logger.warning(f"{name}: smaller than the training patch: {size} voxels at {at} (RAS axes), patch_size "
                        f"{patch}; its patches are zero-padded on that axis")

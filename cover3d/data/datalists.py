@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -91,10 +90,12 @@ def make_datalist(
     """
     images = find_volumes(folder)
     if not images:
-        raise InputValueError(f"no volumes found in {folder} (files {', '.join(VOLUME_SUFFIXES)} or DICOM series folders)")
+        suffixes = ", ".join(VOLUME_SUFFIXES)
+        raise InputValueError(f"no volumes found in {folder} (files {suffixes} or DICOM series folders)")
     label_paths = find_volumes(labels) if labels is not None else {}
     if labels is not None and (unlabelled := sorted(set(images) - set(label_paths))):
-        raise InputValueError(f"{len(unlabelled)} image(s) in {folder} have no label in {labels}: {', '.join(unlabelled)}")
+        cases = ", ".join(unlabelled)
+        raise InputValueError(f"{len(unlabelled)} image(s) in {folder} have no label in {labels}: {cases}")
     base = os.path.abspath(base_dir if base_dir is not None else folder)
 
     def relative(path: Path) -> str:

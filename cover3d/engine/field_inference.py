@@ -87,7 +87,9 @@ def inference_pair(
         FileNotFoundError: an input file does not exist.
     """
     if not image_a:
-        raise InputValueError("inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)")
+        raise InputValueError(
+            "inference needs a volume: pass --image_a path (and --image_b path for a pair of volumes)"
+        )
     for path in (image_a, image_b):
         if path and not os.path.exists(path):
             raise InputFileNotFoundError(f"input volume not found: {path}")

@@ -34,7 +34,9 @@ def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def layout_differences(modules: Sequence[tuple[str, nn.Module]], widths: list[int] | None, pretraining: Mapping) -> list[str]:
+def layout_differences(
+    modules: Sequence[tuple[str, nn.Module]], widths: list[int] | None, pretraining: Mapping
+) -> list[str]:
     """Differences between a backbone's layers and the pretrained ``BasicUNet`` arguments
     (``pretraining["basic_unet"]``, written by pretraining): widths, normalisation type and groups, LeakyReLU slope.
 

@@ -117,7 +117,8 @@ def load_pretrained_weights(
 
     ``network`` is a backbone (``UNetBackbone``), a network holding one as ``.backbone`` (``CoverSegNet``,
     ``CoverNet``), or MONAI's ``BasicUNet`` built with the pretrained layout (``BasicUNet(out_channels=n,
-    **metadata["pretraining"]["basic_unet"])``, whose ``final_conv`` is then the only new layer); DDP/DataParallel/``torch.compile`` wrappers are unwrapped. ``weights`` is a state dict, or a
+    **metadata["pretraining"]["basic_unet"])``, whose ``final_conv`` is then the only new layer);
+    DDP/DataParallel/``torch.compile`` wrappers are unwrapped. ``weights`` is a state dict, or a
     file holding a state dict or a checkpoint dict with one under ``network``/``model``/``state_dict``/... ; files
     are read with ``torch.load(..., weights_only=True)`` (no arbitrary pickled objects).
 
@@ -362,7 +363,8 @@ def _is_backbone_key(network: nn.Module, key: str) -> bool:
     prefix = _backbone_prefix(network)
     if prefix:
         return key.startswith(prefix)
-    return not (isinstance(network, BasicUNet) and not isinstance(network, UNetBackbone) and key.startswith("final_conv."))
+    is_monai_basic_unet = isinstance(network, BasicUNet) and not isinstance(network, UNetBackbone)
+    return not (is_monai_basic_unet and key.startswith("final_conv."))
 
 
 def _backbone_fraction(network: nn.Module, target: Mapping[str, torch.Tensor], loaded: list[str]) -> float:

@@ -29,9 +29,9 @@ def source_name(volume: torch.Tensor, key: Hashable = "") -> str:
 class CheckVolumed(MapTransform):
     """Validate freshly loaded volumes; use right after ``LoadImaged(..., ensure_channel_first=True)``.
 
-    Raises one ``InputValueError`` (a ``ValueError``) listing every problem, each naming its file (from meta ``filename_or_obj``):
-    not 3 spatial dimensions, wrong channel count, empty, NaN/Inf values, constant image, or a label whose
-    spatial shape differs from the image's. Volumes pass through unchanged.
+    Raises one ``InputValueError`` (a ``ValueError``) listing every problem, each naming its file (from meta
+    ``filename_or_obj``): not 3 spatial dimensions, wrong channel count, empty, NaN/Inf values, constant image, or
+    a label whose spatial shape differs from the image's. Volumes pass through unchanged.
 
     Args:
         keys: image keys, each (``channels``, X, Y, Z).

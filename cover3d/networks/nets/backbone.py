@@ -70,7 +70,9 @@ class UNetBackbone(BasicUNet):
         if len(channels) != 5:
             raise ValueError(f"channels must list 5 widths (strides 1..16), got {tuple(channels)}")
         if any(int(c) % norm_groups for c in channels):
-            raise ValueError(f"every width of channels={tuple(channels)} must be divisible by norm_groups={norm_groups}")
+            raise ValueError(
+                f"every width of channels={tuple(channels)} must be divisible by norm_groups={norm_groups}"
+            )
         kwargs = basic_unet_kwargs(channels, in_channels, norm_groups, negative_slope, upsample, spatial_dims)
         super().__init__(out_channels=1, **kwargs)
         del self.final_conv  # the backbone ends at the decoder's full-resolution feature
