@@ -224,6 +224,9 @@ def dry_run(
                                         dryrun_min_foreground, dryrun_min_reach)
     else:
         report["note"] = "segmentation bundle: no pair transform, so reach/foreground/memory figures do not apply"
+        for v in volumes:
+            if "label" in v["data"]:
+                v["label_foreground"] = float((torch.as_tensor(v["data"]["label"]) > 0).float().mean())
     report["volumes"] = [{k: v for k, v in vol.items() if k != "data"} for vol in volumes]
     report["warnings"] = warnings
     _print_report(report)
@@ -277,13 +280,16 @@ def _pretraining_report(parser, volumes, report, pairs_per_volume, steps, min_fo
 
 def _print_report(report: Mapping) -> None:
     print(f"dry run of {report['config_file']} {report['override'] or ''}".rstrip())
-    print(f"patch {tuple(report['patch_size'])}, context {report['context_size'] and tuple(report['context_size'])}")
+    context = f", context {tuple(report['context_size'])}" if report["context_size"] else ""
+    print(f"patch {tuple(report['patch_size'])}{context}")
     for v in report.get("volumes", []):
         line = f"  {v['name']}: {v['spacing_mm']} mm, shape after preprocessing {tuple(v['shape'])}"
         if "pairs" in v:
             fg = statistics.fmean(f["foreground"] for f in v["pairs"])
             reach = statistics.fmean(f["within_reach"] for f in v["pairs"])
             line += f"; supervised voxels foreground {fg:.1%}, within reach {reach:.1%}"
+        if "label_foreground" in v:
+            line += f"; labelled foreground {v['label_foreground']:.1%} of the volume"
         print(line + (f" ({v['note']})" if "note" in v else ""))
     if "note" in report:
         print(report["note"])

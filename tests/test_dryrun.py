@@ -71,3 +71,15 @@ def test_refuses_a_config_it_cannot_describe(tmp_path):
     config.write_text(json.dumps({"run": ["$print('hi')"]}))
     with pytest.raises(ValueError, match="neither a pretraining bundle"):
         dry_run(str(config))
+
+
+LA = REPO.parent / "shared" / "data" / "la_mri_2018"
+
+
+@pytest.mark.skipif(not LA.is_dir(), reason=f"needs the shared data folder {LA}")
+def test_segmentation_bundle_gets_shapes_labels_and_padding_warnings():
+    report = dry_run(str(REPO / "bundles" / "cover_seg" / "train.json"), dryrun_volumes=1, dataset_dir=str(LA))
+    (volume,) = report["volumes"]
+    assert "reach_fraction" not in report and 0 < volume["label_foreground"] < 0.2
+    padded = any(n < p for n, p in zip(volume["shape"], report["patch_size"]))
+    assert padded == any("smaller than the patch" in w for w in report["warnings"])
