@@ -11,8 +11,8 @@ row with its error, never an abort):
    median time of 3 steps after a warm-up step and peak memory (``torch.cuda.max_memory_allocated``);
 3. streaming vs reference VEU, forward + backward, time and peak memory;
 4. pair generation on the GPU (``CoverPaird`` with CT appearance on a CUDA volume), pairs/s;
-5. a ~2-minute real pretraining run of the ``cover_ct`` bundle (widths 32-512, 64^3 patches at 1.5 mm, AMP, iterations sized
-   from part 2's step time) and the end-point error of its weights from ``evaluate.json``.
+5. a ~2-minute real pretraining run of the ``cover_ct`` bundle (widths 32-512, 64^3 patches at 1.5 mm, AMP,
+   iterations sized from part 2's step time) and the end-point error of its weights from ``evaluate.json``.
 
 Prints the table (markdown) and writes it as ``gpu_check_<gpu>.json`` and ``.csv`` under ``--output-dir``. Without
 CUDA it prints one line and exits 0.
@@ -181,7 +181,8 @@ def check_run(rows: list, step_96: float | None, budget: float) -> None:
     with tempfile.TemporaryDirectory() as out:
         common = ["--ckpt_dir", f"{out}/models", "--output_dir", f"{out}/runs", "--resume", "False",
                   "--channels", "[32,64,128,256,512]", "--patch_size", "[64,64,64]", "--context_size", "[96,96,96]",
-                  "--pixdim", "[1.5,1.5,1.5]", "--num_workers", "8", "--epochs", "4", "--iterations_per_epoch", str(per_epoch),
+                  "--pixdim", "[1.5,1.5,1.5]", "--num_workers", "8",
+                  "--epochs", "4", "--iterations_per_epoch", str(per_epoch),
                   "--warmup_iterations", str(per_epoch // 2), "--log_interval", str(per_epoch)]  # fmt: skip
         train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/cover_ct/train.json", *common]
         config = "['bundles/cover_ct/train.json','bundles/cover_ct/evaluate.json']"

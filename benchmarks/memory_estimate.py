@@ -37,7 +37,9 @@ def main() -> None:
             truth = measured[checkpointed]
             name = "checkpoint_backbone" if checkpointed else "plain"
             rows.append([name, f"{patch}^3", batch, f"{truth:.2f}", f"{estimate:.2f}", f"{estimate / truth - 1:+.0%}"])
-            records.append({"case": name, "patch": patch, "batch": batch, "measured_gib": truth, "estimated_gib": estimate})
+            records.append(
+                {"case": name, "patch": patch, "batch": batch, "measured_gib": truth, "estimated_gib": estimate}
+            )
     print(markdown_table(["step", "patch", "batch", "measured GiB", "estimated GiB", "error"], rows))
     out = Path(__file__).resolve().parent / "results" / "memory_estimate.json"
     out.parent.mkdir(exist_ok=True)

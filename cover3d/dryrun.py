@@ -132,8 +132,8 @@ def _size_warnings(volumes: Sequence[dict], patch_size: Sequence[int], context_s
         if short:
             padded = 1 - math.prod(min(n, p) for n, p in zip(v["shape"], patch_size)) / math.prod(patch_size)
             warnings.append(
-                f"{v['name']}: preprocessed shape {tuple(v['shape'])} at {v['spacing_mm']} mm is smaller than the patch "
-                f"{tuple(patch_size)} along axis {short}: {padded:.0%} of every patch is zero padding "
+                f"{v['name']}: preprocessed shape {tuple(v['shape'])} at {v['spacing_mm']} mm is smaller than the "
+                f"patch {tuple(patch_size)} along axis {short}: {padded:.0%} of every patch is zero padding "
                 "(lower patch_size, or pixdim for finer voxels)"
             )
         elif context_size is not None and any(n < c for n, c in zip(v["shape"], context_size)):
@@ -141,7 +141,9 @@ def _size_warnings(volumes: Sequence[dict], patch_size: Sequence[int], context_s
     return warnings
 
 
-def _pair_figures(parser: ConfigParser, volumes: Sequence[dict], pairs_per_volume: int, seed: int) -> tuple[list, float]:
+def _pair_figures(
+    parser: ConfigParser, volumes: Sequence[dict], pairs_per_volume: int, seed: int
+) -> tuple[list[dict], float]:
     """Seeded pairs of each volume from a copy of the bundle's ``pair_transform``, with their reach and foreground."""
     transform = copy.deepcopy(parser.get_parsed_content("pair_transform"))
     transform.set_random_state(seed=seed)
@@ -213,7 +215,8 @@ def dry_run(
     ``pair_transform`` (pretraining) nor a ``patch_size`` (segmentation)."""
     parser = _parse(config_file, override)
     if "pair_transform" not in parser and "patch_size" not in parser:
-        raise ValueError(f"{config_file}: neither a pretraining bundle (pair_transform) nor a patch-based one (patch_size)")
+        kinds = "a pretraining bundle (pair_transform) nor a patch-based one (patch_size)"
+        raise ValueError(f"{config_file}: neither {kinds}")
     patch = [int(n) for n in parser.get_parsed_content("patch_size")]
     context = [int(n) for n in parser.get_parsed_content("context_size")] if "context_size" in parser else None
     volumes = _read_volumes(parser, dryrun_volumes)
@@ -318,10 +321,15 @@ def _print_report(report: Mapping) -> None:
         print("no warnings")
 
 
+def _cli(config_file: str | Sequence[str], **kwargs) -> None:
+    """python -m cover3d.dryrun --config_file <bundle>/train.json [--dryrun_* value] [--key value ...]"""
+    dry_run(config_file, **kwargs)
+
+
 def main() -> None:
     import fire  # a MONAI bundle dependency; parses overrides exactly as `python -m monai.bundle run` does
 
-    fire.Fire(lambda **kwargs: dry_run(**kwargs) and None)
+    fire.Fire(_cli)
 
 
 if __name__ == "__main__":
