@@ -18,7 +18,7 @@ from cover3d.transforms.deformation import (
     control_grid_shape,
     smooth_deformation_field,
 )
-from cover3d.transforms.pair import CoverPair, CoverPaird, fraction_within_reach
+from cover3d.transforms.pair import CoverPair, CoverPaird, foreground_fraction, fraction_within_reach
 
 PATCH, CONTEXT = 32, 48
 WAVES = ((0.21, 0.0, 0.13, 0.3), (0.0, 0.17, 0.11, 1.1), (0.15, 0.19, 0.0, 2.0))  # (k0, k1, k2, phase), rad/voxel
@@ -207,11 +207,34 @@ def test_default_pairs_are_within_reach():
     assert 0.6 < np.mean(valid) < 0.95  # measured 0.81 over 200 draws
 
 
+def test_mask_background_removes_exactly_the_background_voxels():
+    # a smooth object in [0.3, 1.0] filling the middle of the volume; empty (0.02) background, zero context padding
+    volume = torch.full((1, 40, 70, 70), 0.02)
+    volume[:, :, 20:50, 15:55] = 0.3 + 0.7 * smooth_volume((40, 30, 40))
+    threshold = 0.1
+    plain = CoverPaird("image", PATCH, CONTEXT, background_threshold=threshold).set_random_state(3)
+    masked = CoverPaird("image", PATCH, CONTEXT, mask_background=True, background_threshold=threshold)
+    d_plain, d_masked = plain({"image": volume}), masked.set_random_state(3)({"image": volume})
+    for key in ("image", "image_b", "ddf"):  # same random stream: only the mask differs
+        torch.testing.assert_close(d_masked[key], d_plain[key], rtol=0, atol=0)
+    geometric = d_plain["mask"] > 0.5
+    background = d_plain["image_b"] <= threshold
+    assert (geometric & background).float().mean() > 0.1 and (geometric & ~background).float().mean() > 0.1
+    torch.testing.assert_close(d_masked["mask"], (geometric & ~background).float(), rtol=0, atol=0)
+    expected = float((geometric & ~background).sum() / geometric.sum())
+    assert d_plain["foreground_fraction"] == pytest.approx(expected)
+    assert foreground_fraction(d_plain["image_b"], d_plain["mask"], threshold) == pytest.approx(expected)
+    assert d_masked["foreground_fraction"] == 1.0
+    assert "foreground_fraction" not in CoverPaird("image", PATCH, CONTEXT)({"image": volume})
+
+
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"channel-first volume \(C, X, Y, Z\)"):
         CoverPair(PATCH, CONTEXT)(np.zeros((50, 50, 50)))
     with pytest.raises(ValueError, match="patch_size <= context_size"):
         CoverPair(64, 48)
+    with pytest.raises(ValueError, match="needs a background_threshold"):
+        CoverPaird("image", mask_background=True)
     with pytest.raises(ValueError, match="exactly one image key"):
         CoverPaird(["image", "label"])
     with pytest.raises(ValueError, match="modality"):

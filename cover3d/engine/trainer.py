@@ -39,10 +39,13 @@ class CoverTrainer(SupervisedTrainer):
     ``amp_kwargs`` (autocast on the network's device type; gradient scaling on CUDA). ``prepare_batch`` defaults to
     :func:`prepare_pair_batch`. Iteration output: ``image`` (the stacked views), ``label`` (true field), ``pred``
     (predicted field, detached), every loss term, ``loss``, ``epe`` and ``epe_identity`` (mean end-point error of the
-    prediction and of the zero field over valid voxels, voxels), ``lr`` and ``it_per_s`` (over the last 10 iterations).
+    prediction and of the zero field over valid voxels, voxels), ``lr`` and ``it_per_s`` (over the last 10 iterations),
+    and the batch means of the pair statistics ``reach_fraction`` / ``foreground_fraction`` when the batch has them
+    (``CoverPaird`` with ``reach`` / ``background_threshold``).
     """
 
-    SCALARS = ("epe", "epe_identity", "lr", "it_per_s")
+    PAIR_STATS = ("reach_fraction", "foreground_fraction")
+    SCALARS = ("epe", "epe_identity", "lr", "it_per_s", *PAIR_STATS)
 
     def __init__(self, *args, clip_grad_norm: float | None = 1.0, **kwargs) -> None:
         kwargs.setdefault("prepare_batch", prepare_pair_batch)
@@ -87,5 +90,6 @@ class CoverTrainer(SupervisedTrainer):
             "epe_identity": endpoint_error(torch.zeros_like(ddf), ddf, mask).mean(),
             "lr": engine.optimizer.param_groups[0]["lr"],
             "it_per_s": rate,
+            **{k: torch.as_tensor(batchdata[k], dtype=torch.float64).mean() for k in self.PAIR_STATS if k in batchdata},
         }
         return engine.state.output

@@ -1,6 +1,6 @@
 from cover3d.transforms.appearance import appearance_augmentation
 from cover3d.transforms.deformation import RandDeformationField, affine_matrix, smooth_deformation_field
-from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, fraction_within_reach
+from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, foreground_fraction, fraction_within_reach
 from cover3d.transforms.presets import ct_preprocessing, mri_preprocessing
 from cover3d.transforms.validate import CheckVolumed
 
@@ -12,6 +12,7 @@ __all__ = [
     "RandDeformationField",
     "appearance_augmentation",
     "ct_preprocessing",
+    "foreground_fraction",
     "fraction_within_reach",
     "mri_preprocessing",
     "affine_matrix",

@@ -19,7 +19,7 @@ from monai.utils import MAX_SEED, convert_to_tensor, ensure_tuple, ensure_tuple_
 from cover3d.transforms.appearance import appearance_augmentation
 from cover3d.transforms.deformation import RandDeformationField
 
-__all__ = ["PairSample", "CoverPair", "CoverPaird", "fraction_within_reach"]
+__all__ = ["PairSample", "CoverPair", "CoverPaird", "foreground_fraction", "fraction_within_reach"]
 
 
 class PairSample(NamedTuple):
@@ -47,6 +47,27 @@ def fraction_within_reach(ddf: torch.Tensor, mask: torch.Tensor, reach: float) -
     return float((within & valid).sum() / count)
 
 
+def foreground_fraction(image: torch.Tensor, mask: torch.Tensor, threshold: float) -> float:
+    """Fraction of valid voxels (``mask > 0.5``) where some channel of ``image`` is above ``threshold``.
+
+    ``image`` is ``(C, *S)`` or ``(B, C, *S)`` (view b, preprocessed intensities), ``mask`` ``(1, *S)`` or
+    ``(B, 1, *S)``. NaN when no voxel is valid.
+    """
+    if image.ndim != mask.ndim or mask.shape[-4] != 1 or image.shape[-3:] != mask.shape[-3:]:
+        shapes = f"{tuple(image.shape)} and {tuple(mask.shape)}"
+        raise ValueError(f"expected image (..., C, *S) and mask (..., 1, *S), got {shapes}")
+    valid = mask > 0.5
+    count = valid.sum()
+    if count == 0:
+        return float("nan")
+    return float((_foreground(image, threshold) & valid).sum() / count)
+
+
+def _foreground(image: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(..., 1, *S)`` bool: some channel of ``image`` ``(..., C, *S)`` is above ``threshold``."""
+    return image.amax(dim=-4, keepdim=True) > threshold
+
+
 class CoverPair(Randomizable, Transform):
     """Make a :class:`PairSample` from one channel-first volume ``(C, X, Y, Z)`` (numpy or torch, any device).
 
@@ -55,7 +76,8 @@ class CoverPair(Randomizable, Transform):
     view b = context sampled at ``p + offset + psi(p)`` (zeros padding), which equals warping the whole context by
     psi and then cropping both views and psi at the offset, because a displacement is unchanged when both frames
     shift together; view a = the context window, appearance-augmented; mask = ``p + psi(p)`` inside view a's
-    patch, at least ``mask_margin`` voxels from its faces.
+    patch, at least ``mask_margin`` voxels from its faces (and, with ``mask_background``, view b above
+    ``background_threshold``).
 
     Args:
         patch_size: training patch ``(X, Y, Z)`` (int = cube).
@@ -65,6 +87,9 @@ class CoverPair(Randomizable, Transform):
         appearance: callable on ``(C, *patch)`` tensors for view a only; None -> ``appearance_augmentation("ct")``.
             Use ``appearance_augmentation("mri")`` for MRI or ``monai.transforms.Identity()`` for none.
         mask_margin: erosion margin in voxels of view a (0 = plain validity).
+        mask_background: also drop from the mask the voxels of view b whose intensity (every channel) is
+            ``<= background_threshold``: zero padding and empty background carry no displacement information.
+        background_threshold: that intensity, in the preprocessed scale (the presets map to [0, 1]).
     """
 
     def __init__(
@@ -75,6 +100,8 @@ class CoverPair(Randomizable, Transform):
         deformation: RandDeformationField | None = None,
         appearance: Callable[[torch.Tensor], torch.Tensor] | None = None,
         mask_margin: float = 0.0,
+        mask_background: bool = False,
+        background_threshold: float = 0.05,
     ) -> None:
         self.patch_size = tuple(int(n) for n in ensure_tuple_rep(patch_size, 3))
         self.context_size = tuple(int(n) for n in ensure_tuple_rep(context_size, 3))
@@ -86,6 +113,8 @@ class CoverPair(Randomizable, Transform):
         self.deformation = RandDeformationField() if deformation is None else deformation
         self.appearance = appearance_augmentation("ct") if appearance is None else appearance
         self.mask_margin = float(mask_margin)
+        self.mask_background = bool(mask_background)
+        self.background_threshold = float(background_threshold)
         self.context_start: tuple[int, ...] = (0, 0, 0)
         self.offset = tuple((c - p) // 2 for p, c in zip(self.patch_size, self.context_size))
 
@@ -118,7 +147,10 @@ class CoverPair(Randomizable, Transform):
         window = tuple(slice(o, o + p) for o, p in zip(self.offset, self.patch_size))
         image_a = self.appearance(context[(slice(None), *window)].clone())  # clone: RandCoarseDropout edits in place
         image_a = convert_to_tensor(image_a, dtype=torch.float32, track_meta=False)
-        return PairSample(image_a=image_a, image_b=image_b, ddf=ddf, mask=self._mask(ddf))
+        mask = self._mask(ddf)
+        if self.mask_background:
+            mask = mask * _foreground(image_b, self.background_threshold)
+        return PairSample(image_a=image_a, image_b=image_b, ddf=ddf, mask=mask)
 
     def _context(self, image: torch.Tensor) -> torch.Tensor:
         """``(C, *context_size)`` crop at ``context_start``; a view when no padding is needed."""
@@ -165,8 +197,9 @@ class CoverPaird(Randomizable, MapTransform):
 
     Replaces ``data[key]`` by view a ``(C, *patch)`` and adds ``image_b_key`` ``(C, *patch)``, ``ddf_key``
     ``(3, *patch)`` (voxels) and ``mask_key`` ``(1, *patch)``; all plain float32 tensors on the input's device.
-    With ``reach`` (voxels) set, also adds ``reach_key`` = :func:`fraction_within_reach` of this pair.
-    Other arguments: see :class:`CoverPair`.
+    With ``reach`` (voxels) set, also adds ``reach_key`` = :func:`fraction_within_reach` of this pair; with
+    ``background_threshold`` set, ``foreground_key`` = :func:`foreground_fraction` of this pair's mask (1.0 when
+    ``mask_background`` removed the background). Other arguments: see :class:`CoverPair`.
     """
 
     def __init__(
@@ -179,18 +212,27 @@ class CoverPaird(Randomizable, MapTransform):
         appearance: Callable[[torch.Tensor], torch.Tensor] | None = None,
         mask_margin: float = 0.0,
         reach: float | None = None,
+        mask_background: bool = False,
+        background_threshold: float | None = None,
         image_b_key: str = "image_b",
         ddf_key: str = "ddf",
         mask_key: str = "mask",
         reach_key: str = "reach_fraction",
+        foreground_key: str = "foreground_fraction",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         if len(ensure_tuple(self.keys)) != 1:
             raise ValueError(f"CoverPaird takes exactly one image key, got {self.keys}")
-        self.pair = CoverPair(patch_size, context_size, random_offset, deformation, appearance, mask_margin)
-        self.reach = reach
-        self.image_b_key, self.ddf_key, self.mask_key, self.reach_key = image_b_key, ddf_key, mask_key, reach_key
+        if mask_background and background_threshold is None:
+            raise ValueError("mask_background needs a background_threshold")
+        threshold = 0.0 if background_threshold is None else background_threshold
+        self.pair = CoverPair(
+            patch_size, context_size, random_offset, deformation, appearance, mask_margin, mask_background, threshold
+        )
+        self.reach, self.background_threshold = reach, background_threshold
+        self.image_b_key, self.ddf_key, self.mask_key = image_b_key, ddf_key, mask_key
+        self.reach_key, self.foreground_key = reach_key, foreground_key
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> CoverPaird:
         super().set_random_state(seed=seed, state=state)
@@ -204,4 +246,6 @@ class CoverPaird(Randomizable, MapTransform):
             d[key], d[self.image_b_key], d[self.ddf_key], d[self.mask_key] = sample
             if self.reach is not None:
                 d[self.reach_key] = fraction_within_reach(sample.ddf, sample.mask, self.reach)
+            if self.background_threshold is not None:
+                d[self.foreground_key] = foreground_fraction(sample.image_b, sample.mask, self.background_threshold)
         return d
