@@ -27,7 +27,7 @@ RESULTS = REPO / "benchmarks" / "results"
 def bundle_defaults() -> str:
     """``bundle_defaults.json`` (benchmarks/bundle_defaults.py): one row per pretraining bundle."""
     rows = []
-    for r in json.loads((RESULTS / "bundle_defaults.json").read_text()):
+    for r in json.loads((RESULTS / "bundle_defaults.json").read_text(encoding="utf-8")):
         minutes, seconds = divmod(round(r["wall_seconds"]), 60)
         rows.append([f"`{r['bundle']}`", f"{minutes} min {seconds:02d} s", r["threads"], f"{r['peak_rss_gib']:.1f} GB",
                      " ".join(f"{v:.2f}" for v in r["validation_epe"]) + f" (identity {r['validation_epe_identity']:.2f})",
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     path = Path(args.readme)
-    current = path.read_text()
+    current = path.read_text(encoding="utf-8")
     updated = render(current)
     if args.check:
         stale = [m.group("name") for m, n in zip(_BLOCK.finditer(current), _BLOCK.finditer(updated)) if m.group(0) != n.group(0)]
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"README tables up to date: {[m.group('name') for m in _BLOCK.finditer(current)]}")
         return 0
-    path.write_text(updated)
+    path.write_text(updated, encoding="utf-8")
     print(f"rewrote {[m.group('name') for m in _BLOCK.finditer(current)]} in {path}")
     return 0
 

@@ -2,8 +2,7 @@
 
 ``python tests/bundle_worker.py OUT CONFIGS_JSON OVERRIDES_JSON [STOP_AT]`` (alone or under ``torchrun``) parses the
 config files with the overrides, runs ``initialize``, the trainer and ``finalize``, and writes ``OUT/rank<r>.pt``:
-final parameters, the gradients of the first iteration, the learning rate and loss of every iteration, and the
-validation-pair loss before and after training. With ``STOP_AT`` it raises after that iteration (a crash).
+final parameters, the gradients of the first iteration, and the learning rate and loss of every iteration. With ``STOP_AT`` it raises after that iteration (a crash).
 """
 
 from __future__ import annotations
@@ -19,18 +18,6 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 
 
-def validation_loss(parser: ConfigParser) -> float:
-    """Mean ``CoverLoss`` of the (unwrapped) network on the bundle's fixed validation pairs."""
-    network, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
-    network = getattr(network, "module", network)
-    values = []
-    with torch.no_grad():
-        for pair in parser.get_parsed_content("validate#pairs"):
-            inputs = torch.cat([pair["image"], pair["image_b"]], 0)[None]
-            values.append(float(loss(network(inputs), pair["ddf"][None], pair["mask"][None])["loss"]))
-    return sum(values) / len(values)
-
-
 def main(out: str, configs: str, overrides: str, stop_at: str = "0") -> None:
     logging.basicConfig(level=logging.INFO)  # as monai.bundle run's logging.conf: cover3d's messages on the console
     parser = ConfigParser()
@@ -39,7 +26,7 @@ def main(out: str, configs: str, overrides: str, stop_at: str = "0") -> None:
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
     network = parser.get_parsed_content("network")
-    record = {"lr": [], "loss": [], "first_gradients": None, "validation_before": validation_loss(parser)}
+    record = {"lr": [], "loss": [], "first_gradients": None}
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def keep(engine):
@@ -54,7 +41,6 @@ def main(out: str, configs: str, overrides: str, stop_at: str = "0") -> None:
         trainer.run()
     finally:
         record["parameters"] = torch.cat([p.detach().flatten() for p in network.parameters()])
-        record["validation_after"] = validation_loss(parser)
         Path(out).mkdir(parents=True, exist_ok=True)
         torch.save(record, Path(out) / f"rank{idist.get_rank()}.pt")
         if "finalize" in parser:

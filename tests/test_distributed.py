@@ -45,7 +45,8 @@ def log_of(result: subprocess.CompletedProcess) -> str:
 def test_two_gloo_processes_train_as_one_and_resume_exactly(tmp_path):
     result, (rank0, rank1) = launch(tmp_path, "ddp", processes=2)
     assert result.returncode == 0, log_of(result)[-4000:]
-    assert rank0["validation_after"] < rank0["validation_before"]  # it learns
+    per_epoch = torch.tensor([rank0["loss"], rank1["loss"]]).view(2, 3, 4).mean(dim=(0, 2))  # both ranks, by epoch
+    assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch  # the training loss falls
     assert torch.equal(rank0["parameters"], rank1["parameters"])  # DDP keeps the ranks identical
     assert rank0["loss"] != rank1["loss"]  # ... while each rank draws its own pairs
     assert log_of(result).count("final weights written") == 1  # only rank 0 writes

@@ -14,7 +14,7 @@ import readme_tables  # noqa: E402
 
 
 def test_readme_is_generated_from_the_result_files():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "<!-- table:bundle_defaults -->" in readme and "<!-- table:threads -->" in readme
     assert readme_tables.main(["--check"]) == 0
 
@@ -29,7 +29,7 @@ def test_check_catches_a_hand_edited_number_and_rewrite_restores_it(tmp_path, mo
     readme.write_text("intro\n<!-- table:threads -->\nold\n<!-- /table:threads -->\nend\n")
     assert readme_tables.main(["--check", "--readme", str(readme)]) == 1
     assert readme_tables.main(["--readme", str(readme)]) == 0
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     assert "| idle | 2       | 0.800         | 1.60x       |" in text and text.startswith("intro\n") and text.endswith("end\n")
     assert readme_tables.main(["--check", "--readme", str(readme)]) == 0
     readme.write_text(text.replace("0.800", "0.900"))
