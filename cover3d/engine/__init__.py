@@ -1,5 +1,6 @@
 from cover3d.engine.best_checkpoint import BestCheckpointSaver
 from cover3d.engine.bundle import locate_bundle
+from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
 from cover3d.engine.checkpoints import (
     AtomicCheckpointSaver,
     ResumeFromLatest,
@@ -7,7 +8,7 @@ from cover3d.engine.checkpoints import (
     save_atomic,
     write_json_atomic,
 )
-from cover3d.engine.trainer import CoverTrainer, prepare_pair_batch, scalar_outputs
+from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
 __all__ = [
@@ -15,11 +16,15 @@ __all__ = [
     "BestCheckpointSaver",
     "CoverTrainer",
     "FieldValidation",
+    "RepresentationHealth",
     "ResumeFromLatest",
+    "effective_rank",
+    "feature_health",
     "field_accuracy",
     "fixed_pairs",
     "latest_checkpoint",
     "locate_bundle",
+    "loss_inputs",
     "prepare_pair_batch",
     "report_field_accuracy",
     "save_atomic",
