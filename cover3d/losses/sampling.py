@@ -8,14 +8,15 @@ __all__ = ["sample_voxel_indices", "gather_voxels"]
 
 
 def sample_voxel_indices(mask: torch.Tensor, num: int) -> torch.Tensor:
-    """``num`` flat voxel indices per sample, drawn uniformly (with replacement) among voxels where ``mask`` > 0.5.
+    """``num`` distinct flat voxel indices per sample, drawn uniformly among voxels where ``mask`` > 0.5 (distinct, so
+    a contrastive loss never meets a voxel as its own negative); when fewer are valid, the rest come from the others.
 
-    ``mask`` ``(B, 1, *S)``; a sample without a valid voxel draws from all voxels. Returns ``(B, num)`` int64.
+    ``mask`` ``(B, 1, *S)`` with at least ``num`` voxels. Returns ``(B, num)`` int64.
     """
-    weights = (mask.flatten(1) > 0.5).float()
-    empty = weights.sum(1) == 0
-    weights[empty] = 1.0
-    return torch.multinomial(weights, num, replacement=True)
+    if mask[0].numel() < num:
+        raise ValueError(f"cannot draw {num} distinct voxels from {mask[0].numel()}")
+    weights = torch.where(mask.flatten(1) > 0.5, 1.0, 1e-9)
+    return torch.multinomial(weights, num, replacement=False)
 
 
 def gather_voxels(features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
