@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cover3d.engine import effective_rank, feature_health, loss_inputs
+from cover3d.engine import effective_rank, feature_health, loss_inputs, scalar_outputs
 from cover3d.fields import compose_fields, warp
 from cover3d.losses import (
     ContrastiveLoss,
@@ -145,7 +145,7 @@ def test_restoration_of_the_identity_corruption_with_an_identity_head_is_zero():
     assert loss.batch_keys == ("image_b_clean",)
     loss.head = nn.Identity()
     assert loss({"features_b": [clean]}, image_b_clean=clean) == 0
-    corrupted = genesis_corruption(inpaint_weight=1.0, outpaint_weight=0.0)({"image_b": clean[0]})["image_b"]
+    corrupted = genesis_corruption(inpaint_weight=1.0, outpaint_weight=0.0)({"image_b": clean[0].clone()})["image_b"]
     assert loss({"features_b": [corrupted[None]]}, image_b_clean=clean[:1]) > 1e-3
 
 
@@ -220,3 +220,8 @@ def test_feature_health_separates_collapsed_from_spread_features():
     inside[..., :6, :, :] = 1
     half = torch.where(inside.bool(), spread, collapsed)
     assert feature_health(half, 1024, inside)["cosine"] < 0.1  # only voxels inside the mask are sampled
+
+
+def test_scalar_outputs_keep_health_and_drop_features():
+    output = {"health_cosine": torch.tensor(0.5), "health_rank": 3.0, "features": torch.zeros(1, 8, 4, 4, 4)}
+    assert scalar_outputs(output) == {"health_cosine": 0.5, "health_rank": 3.0}
