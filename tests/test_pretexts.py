@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cover3d.engine import effective_rank, feature_health, loss_inputs, scalar_outputs
+from cover3d.engine import cycle_consistent_field, effective_rank, feature_health, loss_inputs, scalar_outputs
 from cover3d.fields import compose_fields, warp
 from cover3d.losses import (
     ContrastiveLoss,
@@ -225,3 +225,30 @@ def test_feature_health_separates_collapsed_from_spread_features():
 def test_scalar_outputs_keep_health_and_drop_features():
     output = {"health_cosine": torch.tensor(0.5), "health_rank": 3.0, "features": torch.zeros(1, 8, 4, 4, 4)}
     assert scalar_outputs(output) == {"health_cosine": 0.5, "health_rank": 3.0}
+
+
+class TranslationNet(nn.Module):
+    """Predicts +t for [a, b] and a given field for [b, a] (told apart by the first channel's mean)."""
+
+    def __init__(self, backward):
+        super().__init__()
+        self.backward_field = backward
+
+    def forward(self, x):
+        forward = torch.tensor([1.0, -2.0, 0.0]).view(1, 3, 1, 1, 1).expand(x.shape[0], 3, *x.shape[2:])
+        return forward if x[:, 0].mean() < 0.5 else self.backward_field
+
+
+def test_cycle_consistent_field_keeps_only_consistent_voxels_inside_view_a():
+    a, b = torch.zeros(1, 1, 8, 8, 8), torch.ones(1, 1, 8, 8, 8)
+    inverse = torch.tensor([-1.0, 2.0, 0.0]).view(1, 3, 1, 1, 1).expand(1, 3, 8, 8, 8).clone()
+    result = cycle_consistent_field(TranslationNet(inverse), a, b, threshold=0.5)
+    assert result["residual"].max() < 1e-5
+    # kept = correspondence inside view a: x + 1 <= 7 and y - 2 >= 0
+    expected = torch.zeros(1, 1, 8, 8, 8)
+    expected[:, :, :7, 2:, :] = 1
+    assert torch.equal(result["mask"], expected)
+    wrong = inverse.clone()
+    wrong[:, :, :4] += 3.0  # the backward field is wrong in the first half of axis 0
+    kept = cycle_consistent_field(TranslationNet(wrong), a, b, threshold=0.5)["mask"]
+    assert kept[:, :, :3].sum() == 0 and torch.equal(kept[:, :, 4:], expected[:, :, 4:])

@@ -8,6 +8,7 @@ from cover3d.engine.checkpoints import (
     save_atomic,
     write_json_atomic,
 )
+from cover3d.engine.pseudo_fields import cycle_consistent_field
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
@@ -18,6 +19,7 @@ __all__ = [
     "FieldValidation",
     "RepresentationHealth",
     "ResumeFromLatest",
+    "cycle_consistent_field",
     "effective_rank",
     "feature_health",
     "field_accuracy",
