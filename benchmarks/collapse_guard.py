@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--iterations-per-epoch", type=int, default=40)
     parser.add_argument("--pairs", type=int, default=8, help="held-out evaluation pairs")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=0, help="training seed (results of seed s != 0: variants_seed<s>)")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "collapse_guard.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -82,12 +83,14 @@ def main() -> None:
     entry = lambda name: {"image": f"imagesTr/{name}.nii.gz"}  # noqa: E731
     datalist.write_text(json.dumps({"training": [entry(n) for n in args.train], "validation": [entry(n) for n in args.val]}))
     common = {"dataset_dir": args.dataset_dir, "datalist": str(datalist), "epochs": args.epochs,
-              "iterations_per_epoch": args.iterations_per_epoch, "resume": False}  # fmt: skip
+              "iterations_per_epoch": args.iterations_per_epoch, "resume": False, "seed": args.seed}  # fmt: skip
     output = Path(args.output)
     results = json.loads(output.read_text()) if output.is_file() else {}
-    results["setting"] = {**{k: v for k, v in common.items() if k != "datalist"}, "train": args.train,
-                          "val": args.val, "eval_pairs": args.pairs, "bundle": "cover_mri defaults"}  # fmt: skip
-    variants = results.setdefault("variants", {})
+    setting = {**{k: v for k, v in common.items() if k not in ("datalist", "seed")}, "train": args.train,
+               "val": args.val, "eval_pairs": args.pairs, "bundle": "cover_mri defaults"}  # fmt: skip
+    if results.setdefault("setting", setting) != setting:
+        raise ValueError(f"{output} holds results of another setting: {results['setting']}")
+    variants = results.setdefault("variants" if args.seed == 0 else f"variants_seed{args.seed}", {})
 
     untrained = ConfigParser()
     untrained.read_config([str(f) for f in config_files(())])
