@@ -29,11 +29,12 @@ from cover3d.engine import feature_health, field_accuracy, fixed_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cover_mri"
+PUBLISHED = {"loss_weights#con_centred": False}  # L_con on the raw features, as published
 VARIANTS = {  # name -> (overlay files in the bundle, overrides)
-    "cover": ((), {}),
+    "cover": ((), PUBLISHED),
     "con_weight_0": ((), {"loss_weights#con_weight": 0.0}),
-    "centred": (("guard_centred.json",), {}),
-    "vicreg": (("guard_vicreg.json",), {}),
+    "centred": ((), {"loss_weights#con_centred": True}),  # the bundle default since this measurement
+    "vicreg": (("guard_vicreg.json",), PUBLISHED),
 }
 
 

@@ -38,13 +38,13 @@ from cover3d.data import load_datalist
 from cover3d.losses import gather_voxels, sample_voxel_indices
 from cover3d.transforms import mri_preprocessing
 
-PRETEXTS = {  # name -> overlays of bundles/cover_mri
-    "cover": (),
-    "cover_centred": ("guard_centred.json",),
-    "cover_relloc": ("pretext_relloc.json",),
-    "cover_cycle": ("pretext_cycle.json",),
-    "infonce": ("pretext_infonce.json",),
-    "restoration": ("pretext_restoration.json",),
+PRETEXTS = {  # name -> (overlays of bundles/cover_mri, overrides)
+    "cover": ((), {}),  # the bundle default: L_con on spatially centred features
+    "cover_published": ((), {"loss_weights#con_centred": False}),
+    "cover_relloc": (("pretext_relloc.json",), {}),
+    "cover_cycle": (("pretext_cycle.json",), {}),
+    "infonce": (("pretext_infonce.json",), {}),
+    "restoration": (("pretext_restoration.json",), {}),
 }
 
 
@@ -94,8 +94,9 @@ def main() -> None:
     results = {"setting": {k: v for k, v in common.items() if k not in ("dataset_dir",)}, "pretexts": {}}
     for name in args.pretexts:
         run_dir = output / "pretrain" / name
-        files = [BUNDLE / "train.json", *(BUNDLE / overlay for overlay in PRETEXTS[name])]
-        settings = {**common, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
+        overlays, overrides = PRETEXTS[name]
+        files = [BUNDLE / "train.json", *(BUNDLE / overlay for overlay in overlays)]
+        settings = {**common, **overrides, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
         weights = run_dir / "models" / "model.pt"
         seconds = None
         if not weights.is_file():
@@ -109,7 +110,7 @@ def main() -> None:
         network = config.get_parsed_content("network")
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})
-        results["pretexts"][name] = {**row, "train_seconds": seconds, "overlays": list(PRETEXTS[name])}
+        results["pretexts"][name] = {**row, "train_seconds": seconds, "overlays": list(overlays), "overrides": overrides}
         output.mkdir(parents=True, exist_ok=True)
         (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     columns = ["epe", "epe_identity", "cosine_inside", "rank_inside", "cosine_within_label", "cosine_across"]

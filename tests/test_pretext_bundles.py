@@ -10,7 +10,6 @@ OVERLAYS = {  # overlay -> the loss term its run must log
     "pretext_infonce.json": "loss_infonce",
     "pretext_restoration.json": "loss_restoration",
     "guard_vicreg.json": "loss_vicreg",
-    "guard_centred.json": "loss_con",
 }
 
 
