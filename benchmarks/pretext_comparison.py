@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--dataset-dir", default=str(shared_data() / "la_mri_2018"))
     parser.add_argument("--pool", default=str(REPO / "data_lists" / "la_mri_2018_pool.json"))
     parser.add_argument("--test", default=str(REPO / "data_lists" / "la_mri_2018_test.json"))
+    parser.add_argument("--test-key", default="test", help="datalist key of the labelled test volumes")
     parser.add_argument("--pretexts", nargs="+", default=list(PRETEXTS), choices=list(PRETEXTS))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations-per-epoch", type=int, default=40)
@@ -89,7 +90,7 @@ def main() -> None:
     probe.read_config(str(BUNDLE / "train.json"))
     probe.update(common)
     preprocessing = mri_preprocessing(("image",), ("label",), pixdim=probe["pixdim"], percentiles=probe["percentiles"])
-    test = load_datalist(args.test, "training", base_dir=args.dataset_dir)[: args.test_volumes]
+    test = load_datalist(args.test, args.test_key, base_dir=args.dataset_dir)[: args.test_volumes]
     volumes = Dataset(test, Compose(preprocessing + [DivisiblePadd(("image", "label"), k=16)]))
     results = {"setting": {k: v for k, v in common.items() if k not in ("dataset_dir",)}, "pretexts": {}}
     for name in args.pretexts:
