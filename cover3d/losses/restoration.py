@@ -33,5 +33,5 @@ class RestorationLoss(nn.Module):
         self.head = ReconstructionHead(in_channels, out_channels)
 
     def forward(self, output: dict, **batch: torch.Tensor) -> torch.Tensor:
-        (target,) = batch.values()
+        target = batch[self.batch_keys[0]]
         return F.mse_loss(self.head(output[f"features_{self.view}"][-1]).float(), target.float())
