@@ -13,7 +13,9 @@ from monai.utils import CommonKeys as Keys
 
 from cover3d.metrics import endpoint_error
 
-__all__ = ["CoverTrainer", "prepare_pair_batch", "scalar_outputs"]
+__all__ = ["CoverTrainer", "loss_inputs", "prepare_pair_batch", "scalar_outputs"]
+
+DEFAULT_BATCH_KEYS = ("ddf", "mask")
 
 
 def prepare_pair_batch(
@@ -26,8 +28,28 @@ def prepare_pair_batch(
 
 
 def scalar_outputs(output: Mapping) -> dict[str, float]:
-    """The scalar entries of a :class:`CoverTrainer` iteration output (losses, EPE, lr, it/s) as floats, for logging."""
-    return {k: float(v) for k, v in output.items() if k.startswith("loss") or k in CoverTrainer.SCALARS}
+    """The scalar entries of a :class:`CoverTrainer` iteration output (losses, EPE, lr, it/s, ``health_*`` added by
+    :class:`~cover3d.engine.RepresentationHealth`) as floats, for logging."""
+    keep = lambda k: k.startswith(("loss", "health_")) or k in CoverTrainer.SCALARS  # noqa: E731
+    return {k: float(v) for k, v in output.items() if keep(k)}
+
+
+def loss_inputs(
+    loss_function: torch.nn.Module, batch: Mapping, ddf: torch.Tensor, mask: torch.Tensor, device: torch.device,
+    non_blocking: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Keyword arguments for ``loss_function(output, **kwargs)``: the batch entries named by its ``batch_keys``
+    attribute (default ``("ddf", "mask")``), on ``device``; ``ddf`` and ``mask`` are the prepared ones.
+    Raises ``KeyError`` naming the loss and the missing keys when the batch lacks one (a transform is missing)."""
+    keys = tuple(getattr(loss_function, "batch_keys", DEFAULT_BATCH_KEYS))
+    prepared = {"ddf": ddf, "mask": mask}
+    missing = [k for k in keys if k not in prepared and k not in batch]
+    if missing:
+        raise KeyError(f"{type(loss_function).__name__} needs batch keys {missing}, the batch has {sorted(batch)}")
+    return {
+        k: prepared[k] if k in prepared else torch.as_tensor(batch[k]).to(device=device, non_blocking=non_blocking)
+        for k in keys
+    }
 
 
 class CoverTrainer(SupervisedTrainer):
@@ -35,13 +57,20 @@ class CoverTrainer(SupervisedTrainer):
     :class:`~cover3d.losses.CoverLoss`: the loss returns several terms and the mask must reach it, which the
     parent's ``loss_function(pred, target)`` iteration cannot express.
 
-    Extra args: ``clip_grad_norm`` (max gradient norm, ``None`` to disable). Uses the parent's ``amp`` and
-    ``amp_kwargs`` (autocast on the network's device type; gradient scaling on CUDA). ``prepare_batch`` defaults to
-    :func:`prepare_pair_batch`. Iteration output: ``image`` (the stacked views), ``label`` (true field), ``pred``
-    (predicted field, detached), every loss term, ``loss``, ``epe`` and ``epe_identity`` (mean end-point error of the
-    prediction and of the zero field over valid voxels, voxels), ``lr`` and ``it_per_s`` (over the last 10 iterations),
-    and the batch means of the pair statistics ``reach_fraction`` / ``foreground_fraction`` when the batch has them
-    (``CoverPaird`` with ``reach`` / ``background_threshold``).
+    Loss interface: ``loss_function(network_output, **batch_entries)`` where the entries are those named by the
+    loss's ``batch_keys`` attribute (default ``("ddf", "mask")``, which is :class:`~cover3d.losses.CoverLoss`'s
+    ``forward(output, ddf, mask)``); a pretext that needs more (a clean image, ...) declares it, so the trainer has
+    no per-pretext code (see :func:`loss_inputs`). The loss returns a dict of scalars with the total under ``loss``.
+
+    Extra args: ``clip_grad_norm`` (max gradient norm over the optimizer's parameters, so heads owned by the loss
+    are clipped too; ``None`` to disable). Uses the parent's ``amp`` and ``amp_kwargs`` (autocast on the network's
+    device type; gradient scaling on CUDA). ``prepare_batch`` defaults to :func:`prepare_pair_batch`. Iteration
+    output: ``image`` (the stacked views), ``label`` (true field), ``pred`` (predicted field, detached),
+    ``features`` (view b's full-resolution backbone features ``(B, C, *S)``, detached, for
+    :class:`~cover3d.engine.RepresentationHealth`), every loss term, ``loss``, ``epe`` and ``epe_identity`` (mean
+    end-point error of the prediction and of the zero field over valid voxels, voxels), ``lr`` and ``it_per_s``
+    (over the last 10 iterations), and the batch means of the pair statistics ``reach_fraction`` /
+    ``foreground_fraction`` when the batch has them (``CoverPaird`` with ``reach`` / ``background_threshold``).
     """
 
     PAIR_STATS = ("reach_fraction", "foreground_fraction")
@@ -62,7 +91,8 @@ class CoverTrainer(SupervisedTrainer):
         with torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):
             output = engine.network(inputs)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            terms = engine.loss_function(output, ddf, mask)
+            kwargs = loss_inputs(engine.loss_function, batchdata, ddf, mask, inputs.device, engine.non_blocking)
+            terms = engine.loss_function(output, **kwargs)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
         scaler = engine.scaler if engine.amp else None
         (scaler.scale(terms["loss"]) if scaler is not None else terms["loss"]).backward()
@@ -70,7 +100,8 @@ class CoverTrainer(SupervisedTrainer):
         if scaler is not None:
             scaler.unscale_(engine.optimizer)
         if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
+            params = [p for group in engine.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         if scaler is not None:
             scaler.step(engine.optimizer)
             scaler.update()
@@ -85,6 +116,7 @@ class CoverTrainer(SupervisedTrainer):
             Keys.IMAGE: inputs,
             Keys.LABEL: ddf,
             Keys.PRED: pred,
+            "features": output["features_b"][-1].detach(),
             **{k: v.detach() for k, v in terms.items()},
             "epe": endpoint_error(pred.float(), ddf, mask).mean(),
             "epe_identity": endpoint_error(torch.zeros_like(ddf), ddf, mask).mean(),

@@ -11,7 +11,7 @@ from torch import nn
 
 from cover3d.fields import downsample_field, warp
 
-__all__ = ["masked_mean", "VectorLoss", "ContrastiveLoss", "CoverLoss", "downsample_mask"]
+__all__ = ["masked_mean", "VectorLoss", "ContrastiveLoss", "CoverLoss", "downsample_mask", "spatially_centred"]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -37,17 +37,34 @@ class VectorLoss(nn.Module):
         return masked_mean((pred.float() - target.float()).abs().sum(1, keepdim=True), mask)
 
 
+def spatially_centred(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``features`` ``(B, C, *S)`` minus their per-sample, per-channel mean over the voxels where ``mask`` is 1."""
+    weights = mask.to(features.dtype)
+    mean = (features * weights).sum(dim=(2, 3, 4), keepdim=True) / weights.sum(dim=(2, 3, 4), keepdim=True).clamp_min(1.0)
+    return features - mean
+
+
 class ContrastiveLoss(nn.Module):
     """``L_con``: masked mean of ``1 - cos(f_b(p), warp(f_a, psi_true)(p))`` on full-resolution features.
+
+    Args:
+        centred: compare the features after removing each view's mean over the valid voxels
+            (:func:`spatially_centred`), so a direction shared by all voxels earns nothing: a collapse guard.
 
     ``forward(features_a (B,C,*S), features_b (B,C,*S), ddf (B,3,*S) voxels, mask (B,1,*S)) -> scalar``.
     """
 
+    def __init__(self, centred: bool = False) -> None:
+        super().__init__()
+        self.centred = centred
+
     def forward(
         self, features_a: torch.Tensor, features_b: torch.Tensor, ddf: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        aligned = warp(features_a.float(), ddf)
-        cos = F.cosine_similarity(features_b.float(), aligned, dim=1, eps=1e-6).unsqueeze(1)
+        aligned, features_b = warp(features_a.float(), ddf), features_b.float()
+        if self.centred:
+            aligned, features_b = spatially_centred(aligned, mask), spatially_centred(features_b, mask)
+        cos = F.cosine_similarity(features_b, aligned, dim=1, eps=1e-6).unsqueeze(1)
         return masked_mean(1.0 - cos, mask)
 
 
@@ -61,11 +78,14 @@ class CoverLoss(nn.Module):
             full-resolution level (e.g. ``(0.1, 0.1, 0.2, 0.5)``); the true field is average-pooled to each level
             and divided by its stride, and a coarse voxel counts only when all voxels it covers are valid.
         smooth_weight: weight of MONAI ``DiffusionLoss`` (gradient smoothness) on the predicted field.
+        con_centred: ``L_con`` on spatially centred features (see :class:`ContrastiveLoss`).
 
     ``forward(output, ddf, mask)`` takes :class:`~cover3d.networks.nets.CoverNet`'s training output dict, the true
     field ``(B,3,*S)`` (voxels) and the validity mask ``(B,1,*S)``; it returns a dict of scalars: ``loss`` (the
     total to back-propagate), ``loss_vec``, ``loss_con`` and, when used, ``loss_levels`` and ``loss_smooth``.
     """
+
+    batch_keys = ("ddf", "mask")  # the batch entries CoverTrainer passes to forward
 
     def __init__(
         self,
@@ -73,6 +93,7 @@ class CoverLoss(nn.Module):
         con_weight: float = 1.0,
         level_weights: Sequence[float] | None = None,
         smooth_weight: float = 0.0,
+        con_centred: bool = False,
     ) -> None:
         super().__init__()
         self.vec_weight = vec_weight
@@ -80,7 +101,7 @@ class CoverLoss(nn.Module):
         self.level_weights = tuple(level_weights) if level_weights else ()
         self.smooth_weight = smooth_weight
         self.vector_loss = VectorLoss()
-        self.contrastive_loss = ContrastiveLoss()
+        self.contrastive_loss = ContrastiveLoss(centred=con_centred)
         self.smooth_loss = DiffusionLoss()
 
     def forward(self, output: dict, ddf: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,86 @@
+"""How well the cycle residual filters predicted fields: kept fraction and error of the kept voxels.
+
+With pretrained ``cover_mri`` weights, :func:`cover3d.engine.cycle_consistent_field` is applied to
+
+- synthetic pairs of held-out volumes (the bundle's pair transform, seeded; the true field is known): for each
+  threshold, the fraction of valid voxels kept and the end-point error (voxels) on the kept voxels vs on all
+  valid voxels;
+- inter-subject pairs (different held-out subjects, each preprocessed as the bundle does, which crops to the
+  foreground, then centre-cropped / padded to the patch; no affine alignment): the kept fraction and the median
+  residual (no truth exists there).
+
+From the repository root (a minute on one CPU thread)::
+
+    python benchmarks/pseudo_fields.py --weights bundles/cover_mri/models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import torch
+from _common import shared_data
+from collapse_guard import BUNDLE, REPO
+from label_efficiency import parse_assignments
+from monai.bundle import ConfigParser
+from monai.transforms import ResizeWithPadOrCrop
+
+from cover3d.engine import cycle_consistent_field, fixed_pairs
+from cover3d.metrics import endpoint_error
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--dataset-dir", default=str(shared_data() / "la_mri_2018"))
+    parser.add_argument("--datalist", default=str(REPO / "data_lists" / "la_mri_2018_pool.json"))
+    parser.add_argument("--set", nargs="*", default=[], help="bundle overrides the weights were trained with, key=json")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--subjects", type=int, default=4, help="held-out subjects for the inter-subject pairs")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.5, 1.0, 2.0])
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pseudo_fields.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    config = ConfigParser()
+    config.read_config(str(BUNDLE / "train.json"))
+    config.update({"dataset_dir": args.dataset_dir, "datalist": args.datalist, **parse_assignments(args.set)})
+    network = config.get_parsed_content("network")
+    network.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    volumes = config.get_parsed_content("validate#volumes")
+    pairs = fixed_pairs(volumes, config.get_parsed_content("pair_transform"), args.pairs, seed=2024)
+    synthetic = {}
+    for threshold in args.thresholds:
+        kept, epe_kept, epe_all = [], [], []
+        for pair in pairs:
+            a, b = torch.as_tensor(pair["image"])[None], torch.as_tensor(pair["image_b"])[None]
+            ddf, valid = torch.as_tensor(pair["ddf"])[None], torch.as_tensor(pair["mask"])[None]
+            result = cycle_consistent_field(network, a, b, threshold)
+            keep = result["mask"] * valid
+            kept.append(float(keep.sum() / valid.sum()))
+            epe_kept.append(float(endpoint_error(result["ddf"], ddf, keep).mean()))
+            epe_all.append(float(endpoint_error(result["ddf"], ddf, valid).mean()))
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        synthetic[str(threshold)] = {"kept_fraction": mean(kept), "epe_kept": mean(epe_kept), "epe_all_valid": mean(epe_all)}
+        print("synthetic", threshold, synthetic[str(threshold)], flush=True)
+
+    crop = ResizeWithPadOrCrop(config["patch_size"])
+    subjects = [torch.as_tensor(crop(volumes[i]["image"]))[None] for i in range(min(args.subjects, len(volumes)))]
+    inter = {str(t): {"kept_fraction": 0.0, "median_residual": 0.0} for t in args.thresholds}
+    combos = list(itertools.permutations(range(len(subjects)), 2))
+    for i, j in combos:
+        for threshold in args.thresholds:
+            result = cycle_consistent_field(network, subjects[i].float(), subjects[j].float(), threshold)
+            inter[str(threshold)]["kept_fraction"] += float(result["mask"].mean()) / len(combos)
+            inter[str(threshold)]["median_residual"] += float(result["residual"].median()) / len(combos)
+    print("inter-subject", inter, flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps({"weights": str(args.weights), "settings": args.set, "synthetic_pairs": synthetic,
+                                             "inter_subject_pairs": {"pairs": len(combos), **inter}}, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
