@@ -28,15 +28,16 @@ def test_backbone_is_monai_basic_unet_without_final_conv():
     """Every backbone tensor loads into MONAI's own BasicUNet, which then computes the same decoder features."""
     from monai.networks.nets import BasicUNet
 
-    from cover3d.networks import basic_unet_kwargs
+    from cover3d.networks import basic_unet_kwargs, group_norm_per_width
 
     torch.manual_seed(0)
     backbone = UNetBackbone(channels=(8, 16, 16, 32, 32))
-    monai_net = BasicUNet(out_channels=3, **basic_unet_kwargs((8, 16, 16, 32, 32)))
+    monai_net = group_norm_per_width(BasicUNet(out_channels=3, **basic_unet_kwargs((8, 16, 16, 32, 32))), 8)
     missing, unexpected = monai_net.load_state_dict(backbone.state_dict(), strict=False)
     assert sorted(missing) == ["final_conv.bias", "final_conv.weight"] and not unexpected
     assert {type(m) for m in monai_net.modules()} >= {torch.nn.GroupNorm, torch.nn.LeakyReLU}
-    assert {m.num_groups for m in monai_net.modules() if isinstance(m, torch.nn.GroupNorm)} == {4}
+    assert {(m.num_channels, m.num_groups) for m in monai_net.modules() if isinstance(m, torch.nn.GroupNorm)} == {
+        (8, 1), (16, 2), (32, 4)}  # 8 channels per group, as published
     full_resolution = []
     monai_net.upcat_1.register_forward_hook(lambda module, args, out: full_resolution.append(out))
     x = torch.rand(1, 1, 32, 32, 16)
@@ -47,9 +48,9 @@ def test_backbone_is_monai_basic_unet_without_final_conv():
     torch.testing.assert_close(full_resolution[0], ours, rtol=0, atol=0)
 
 
-def test_backbone_rejects_widths_not_divisible_by_the_norm_groups():
-    with pytest.raises(ValueError, match="divisible by norm_groups=4"):
-        UNetBackbone(channels=(6, 8, 8, 16, 16))
+def test_backbone_rejects_widths_that_cannot_form_groups_of_8():
+    with pytest.raises(ValueError, match="44 channels cannot form 5 GroupNorm groups of 8"):
+        UNetBackbone(channels=(8, 16, 16, 32, 44))
 
 
 @pytest.mark.parametrize("size", [(32, 32, 32), (48, 32, 64)])

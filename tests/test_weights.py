@@ -203,7 +203,8 @@ def pretraining_bundle(
     torch.save(source.state_dict(), models / "model.pt")
     metadata = {
         "preprocessing": {"spacing_mm": list(spacing), "preset": preset, "preset_args": {"hu_window": [-1000, 1000]}},
-        "pretraining": {"backbone_channels": list(CHANNELS), "basic_unet": source.backbone.basic_unet_kwargs()},
+        "pretraining": {"backbone_channels": list(CHANNELS), "basic_unet": source.backbone.basic_unet_kwargs(),
+                        "norm_channels_per_group": source.backbone.channels_per_group},
     }
     (models / "metadata.json").write_text(json.dumps(metadata))
     return models / "model.pt"
@@ -212,10 +213,12 @@ def pretraining_bundle(
 def test_pretrained_backbone_loads_completely_into_monai_basic_unet(tmp_path, caplog):
     from monai.networks.nets import BasicUNet
 
+    from cover3d.networks import group_norm_per_width
+
     source = seeded(CoverNet(1, CHANNELS), 0).eval()
     path = pretraining_bundle(tmp_path, source)
     layout = pretraining_metadata(path)["pretraining"]["basic_unet"]
-    net = BasicUNet(out_channels=2, **layout).eval()
+    net = group_norm_per_width(BasicUNet(out_channels=2, **layout), 8).eval()
     report = load_pretrained_weights(net, path)
     assert report.backbone_fraction == 1.0 and len(report.loaded) == len(source.backbone.state_dict())
     assert sorted(report.missing) == ["final_conv.bias", "final_conv.weight"] and not report.shape_mismatched
@@ -233,7 +236,7 @@ def test_pretrained_backbone_loads_completely_into_monai_basic_unet(tmp_path, ca
     caplog.set_level(logging.WARNING)
     report = load_pretrained_weights(BasicUNet(out_channels=2, features=layout["features"]), path)
     assert report.backbone_fraction == 1.0 and len(report.warnings) == 2
-    assert "InstanceNorm3d" in report.warnings[0] and "GroupNorm(4 groups)" in report.warnings[0]
+    assert "InstanceNorm3d" in report.warnings[0] and "8 channels per group" in report.warnings[0]
     assert "negative_slope=0.2" in report.warnings[1] and "[0.1]" in report.warnings[1]
     assert all(w in caplog.text for w in report.warnings)
 

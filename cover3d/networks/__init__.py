@@ -1,5 +1,5 @@
 from cover3d.networks.blocks import VectorEmbeddingUnit, VectorPyramid, pyramid_reach
-from cover3d.networks.nets import CoverNet, CoverSegNet, UNetBackbone, basic_unet_kwargs
+from cover3d.networks.nets import CoverNet, CoverSegNet, UNetBackbone, basic_unet_kwargs, group_norm_per_width
 from cover3d.networks.weights import WeightLoadReport, load_pretrained_weights, pretraining_metadata, read_state_dict
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "VectorEmbeddingUnit",
     "VectorPyramid",
     "basic_unet_kwargs",
+    "group_norm_per_width",
     "WeightLoadReport",
     "load_pretrained_weights",
     "pretraining_metadata",

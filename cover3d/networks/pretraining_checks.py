@@ -38,7 +38,8 @@ def layout_differences(
     modules: Sequence[tuple[str, nn.Module]], widths: list[int] | None, pretraining: Mapping
 ) -> list[str]:
     """Differences between a backbone's layers and the pretrained ``BasicUNet`` arguments
-    (``pretraining["basic_unet"]``, written by pretraining): widths, normalisation type and groups, LeakyReLU slope.
+    (``pretraining["basic_unet"]`` and ``["norm_channels_per_group"]``, written by pretraining): widths,
+    normalisation type and groups per layer, LeakyReLU slope.
 
     Args:
         modules: ``(name, module)`` of the target backbone (``named_modules()`` of the U-Net part).
@@ -56,16 +57,17 @@ def layout_differences(
     if widths is not None and pretrained_widths and list(widths) != pretrained_widths:
         problems.append(f"backbone widths differ: {pretrained_widths} pretrained vs {list(widths)} in this network "
                         f"(BasicUNet features={list(layout['features'])})")
-    norm_name, norm_args = layout["norm"][0], dict(layout["norm"][1]) if len(layout["norm"]) > 1 else {}
+    norm_name = layout["norm"][0]
     norms = [m for _, m in modules if isinstance(m, NORM_TYPES)]
     if norm_name == "group":
-        expected = f"GroupNorm({norm_args.get('num_groups')} groups)"
-        wrong = sorted({_describe(m) for m in norms} - {expected})
+        per_group = int(pretraining.get("norm_channels_per_group", 8))
+        wrong = sorted({_describe(m) for m in norms
+                        if not isinstance(m, nn.GroupNorm) or m.num_groups != max(1, m.num_channels // per_group)})
         if wrong:
             problems.append(
-                f"normalisation differs: the weights were trained with {expected} in every layer, this network "
-                f"uses {', '.join(wrong)}; its features will not be the pretrained ones. Build it with "
-                f"norm=('group', {{'num_groups': {norm_args.get('num_groups')}}})"
+                f"normalisation differs: the weights were trained with GroupNorm of {per_group} channels per group in "
+                f"every layer, this network uses {', '.join(wrong)}; its features will not be the pretrained ones. "
+                f"Build it with norm=('group', {{'num_groups': 1}}), then cover3d.networks.group_norm_per_width(net, {per_group})"
             )
     slope = dict(layout["act"][1]).get("negative_slope") if len(layout.get("act", [])) > 1 else None
     slopes = sorted({m.negative_slope for _, m in modules if isinstance(m, nn.LeakyReLU)})

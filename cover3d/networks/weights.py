@@ -116,8 +116,8 @@ def load_pretrained_weights(
     """Copy the name- and shape-matching tensors of ``weights`` into ``network`` (in place) and report.
 
     ``network`` is a backbone (``UNetBackbone``), a network holding one as ``.backbone`` (``CoverSegNet``,
-    ``CoverNet``), or MONAI's ``BasicUNet`` built with the pretrained layout (``BasicUNet(out_channels=n,
-    **metadata["pretraining"]["basic_unet"])``, whose ``final_conv`` is then the only new layer);
+    ``CoverNet``), or MONAI's ``BasicUNet`` built with the pretrained layout (``group_norm_per_width(BasicUNet(
+    out_channels=n, **metadata["pretraining"]["basic_unet"]), 8)``, whose ``final_conv`` is then the only new layer);
     DDP/DataParallel/``torch.compile`` wrappers are unwrapped. ``weights`` is a state dict, or a
     file holding a state dict or a checkpoint dict with one under ``network``/``model``/``state_dict``/... ; files
     are read with ``torch.load(..., weights_only=True)`` (no arbitrary pickled objects).

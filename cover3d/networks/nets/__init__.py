@@ -1,5 +1,5 @@
-from cover3d.networks.nets.backbone import UNetBackbone, basic_unet_kwargs
+from cover3d.networks.nets.backbone import UNetBackbone, basic_unet_kwargs, group_norm_per_width
 from cover3d.networks.nets.cover import CoverNet
 from cover3d.networks.nets.segmentation import CoverSegNet
 
-__all__ = ["CoverNet", "CoverSegNet", "UNetBackbone", "basic_unet_kwargs"]
+__all__ = ["CoverNet", "CoverSegNet", "UNetBackbone", "basic_unet_kwargs", "group_norm_per_width"]

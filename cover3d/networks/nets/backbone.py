@@ -7,34 +7,51 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import BasicUNet
+from torch import nn
 
-__all__ = ["UNetBackbone", "basic_unet_kwargs"]
+__all__ = ["UNetBackbone", "basic_unet_kwargs", "group_norm_per_width"]
 
 
 def basic_unet_kwargs(
     channels: Sequence[int],
     in_channels: int = 1,
-    norm_groups: int = 4,
     negative_slope: float = 0.2,
     upsample: str = "deconv",
     spatial_dims: int = 3,
 ) -> dict:
-    """Arguments of ``monai.networks.nets.BasicUNet`` (all but ``out_channels``) whose layers are those of
-    ``UNetBackbone(spatial_dims, in_channels, channels, norm_groups, negative_slope, upsample)``.
+    """Arguments of ``monai.networks.nets.BasicUNet`` (all but ``out_channels``) with the layers and state-dict names
+    of ``UNetBackbone(spatial_dims, in_channels, channels, negative_slope=..., upsample=...)``. ``BasicUNet`` takes
+    one normalisation for every layer, so these ask for GroupNorm with 1 group; :func:`group_norm_per_width` then
+    gives each layer the backbone's group count (8 channels per group), after which the two compute the same features.
 
     JSON-serialisable (lists, no tuples): pretraining writes it into ``models/metadata.json``
-    (``pretraining.basic_unet``), so ``BasicUNet(out_channels=n, **kwargs)`` rebuilds the pretrained network.
+    (``pretraining.basic_unet``, with ``pretraining.norm_channels_per_group``).
     """
     channels = [int(c) for c in channels]
     return {
         "spatial_dims": spatial_dims,
         "in_channels": in_channels,
         "features": [*channels, channels[0]],
-        "norm": ["group", {"num_groups": norm_groups}],
+        "norm": ["group", {"num_groups": 1}],
         "act": ["LeakyReLU", {"negative_slope": negative_slope, "inplace": True}],
         "bias": True,
         "upsample": upsample,
     }
+
+
+def group_norm_per_width(network: nn.Module, channels_per_group: int = 8) -> nn.Module:
+    """Give every ``GroupNorm`` of ``network`` ``max(1, channels // channels_per_group)`` groups (the published COVER
+    setting: 8 channels per group), in place; returns ``network``. Turns a ``BasicUNet`` built from
+    :func:`basic_unet_kwargs` into the pretrained backbone's normalisation. Raises when a width is not divisible by
+    its group count."""
+    for name, module in network.named_modules():
+        if isinstance(module, nn.GroupNorm):
+            groups = max(1, module.num_channels // channels_per_group)
+            if module.num_channels % groups:
+                raise ValueError(f"{name}: {module.num_channels} channels cannot form {groups} GroupNorm groups of "
+                                 f"{channels_per_group}; use widths that are multiples of {channels_per_group}")
+            module.num_groups = groups
+    return network
 
 
 class UNetBackbone(BasicUNet):
@@ -42,15 +59,17 @@ class UNetBackbone(BasicUNet):
 
     The layers and state-dict names are exactly those of ``BasicUNet(**basic_unet_kwargs(channels, ...))``
     (``features = (*channels, channels[0])``) minus its ``final_conv``: pretrained backbone weights load completely
-    into that MONAI network, whose ``final_conv`` is then the only new layer. COVER needs every decoder scale,
-    so ``forward`` returns all of them instead of ``BasicUNet``'s logits.
+    into that MONAI network, whose ``final_conv`` is then the only new layer, and after
+    :func:`group_norm_per_width` it computes the same features. COVER needs every decoder scale, so ``forward``
+    returns all of them instead of ``BasicUNet``'s logits.
 
     Args:
         spatial_dims: 3 for volumes (2 works too).
         in_channels: input channels.
-        channels: encoder widths at strides 1, 2, 4, 8, 16 (the decoder mirrors them), each divisible by
-            ``norm_groups``.
-        norm_groups: number of GroupNorm groups, the same for every layer (as ``BasicUNet`` takes one norm).
+        channels: encoder widths at strides 1, 2, 4, 8, 16 (the decoder mirrors them).
+        channels_per_group: GroupNorm group size; groups = max(1, width // channels_per_group) per layer (8, as
+            published; a single group count for all widths measurably slowed learning: README "Using the
+            pretrained weights downstream").
         negative_slope: LeakyReLU slope.
         upsample: ``UpCat`` upsampling mode (``"deconv"`` or ``"nontrainable"``).
 
@@ -63,23 +82,20 @@ class UNetBackbone(BasicUNet):
         spatial_dims: int = 3,
         in_channels: int = 1,
         channels: Sequence[int] = (32, 64, 128, 256, 512),
-        norm_groups: int = 4,
+        channels_per_group: int = 8,
         negative_slope: float = 0.2,
         upsample: str = "deconv",
     ) -> None:
         if len(channels) != 5:
             raise ValueError(f"channels must list 5 widths (strides 1..16), got {tuple(channels)}")
-        if any(int(c) % norm_groups for c in channels):
-            raise ValueError(
-                f"every width of channels={tuple(channels)} must be divisible by norm_groups={norm_groups}"
-            )
-        kwargs = basic_unet_kwargs(channels, in_channels, norm_groups, negative_slope, upsample, spatial_dims)
+        kwargs = basic_unet_kwargs(channels, in_channels, negative_slope, upsample, spatial_dims)
         super().__init__(out_channels=1, **kwargs)
         del self.final_conv  # the backbone ends at the decoder's full-resolution feature
+        group_norm_per_width(self, channels_per_group)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.channels = tuple(int(c) for c in channels)
-        self.norm_groups = norm_groups
+        self.channels_per_group = channels_per_group
         self.negative_slope = negative_slope
         self.upsample = upsample
 
@@ -91,7 +107,7 @@ class UNetBackbone(BasicUNet):
     def basic_unet_kwargs(self) -> dict:
         """``BasicUNet`` arguments (all but ``out_channels``) of the MONAI network these weights load into."""
         return basic_unet_kwargs(
-            self.channels, self.in_channels, self.norm_groups, self.negative_slope, self.upsample, self.spatial_dims
+            self.channels, self.in_channels, self.negative_slope, self.upsample, self.spatial_dims
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

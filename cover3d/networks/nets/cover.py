@@ -23,7 +23,7 @@ class CoverNet(nn.Module):
         radii: VEU radius per pyramid level, coarse (stride 16) to fine (stride 1).
         groups: MVI groups per level, coarse to fine.
         channels_per_group: projected channels per group.
-        norm_groups: backbone GroupNorm groups (one value for every layer, see :class:`UNetBackbone`).
+        channels_per_norm_group: backbone GroupNorm group size (see :class:`UNetBackbone`).
         veu_impl: ``"streaming"`` (default; never stores the local cost volume) or ``"reference"`` VEU.
         checkpoint_levels: recompute pyramid levels in the backward pass instead of storing their activations; one
             bool for all levels or one per level, coarse to fine (see :class:`VectorPyramid`).
@@ -48,7 +48,7 @@ class CoverNet(nn.Module):
         radii: Sequence[int] = (2, 2, 2, 1, 1),
         groups: Sequence[int] = (4, 4, 4, 1, 1),
         channels_per_group: int = 8,
-        norm_groups: int = 4,
+        channels_per_norm_group: int = 8,
         veu_impl: str = "streaming",
         checkpoint_levels: bool | Sequence[bool] = False,
         checkpoint_backbone: bool = False,
@@ -57,7 +57,7 @@ class CoverNet(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         self.checkpoint_backbone = checkpoint_backbone
-        self.backbone = UNetBackbone(3, in_channels, channels, norm_groups)
+        self.backbone = UNetBackbone(3, in_channels, channels, channels_per_norm_group)
         self.pyramid = VectorPyramid(
             self.backbone.feature_channels, radii, groups, channels_per_group, veu_impl, checkpoint_levels,
             projection_gain,

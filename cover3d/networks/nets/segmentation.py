@@ -24,7 +24,7 @@ class CoverSegNet(nn.Module):
         in_channels: image channels.
         out_channels: number of classes (background included).
         channels: backbone widths at strides 1, 2, 4, 8, 16 (must equal the pretrained ones to reuse weights).
-        norm_groups: backbone GroupNorm groups (one value for every layer).
+        channels_per_group: backbone GroupNorm group size (see :class:`UNetBackbone`).
         negative_slope: backbone LeakyReLU slope.
         upsample: backbone upsampling mode (``"deconv"`` or ``"nontrainable"``).
         freeze_backbone: train the head only.
@@ -38,14 +38,14 @@ class CoverSegNet(nn.Module):
         in_channels: int = 1,
         out_channels: int = 2,
         channels: Sequence[int] = (32, 64, 128, 256, 512),
-        norm_groups: int = 4,
+        channels_per_group: int = 8,
         negative_slope: float = 0.2,
         upsample: str = "deconv",
         freeze_backbone: bool = False,
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
-        self.backbone = UNetBackbone(spatial_dims, in_channels, channels, norm_groups, negative_slope, upsample)
+        self.backbone = UNetBackbone(spatial_dims, in_channels, channels, channels_per_group, negative_slope, upsample)
         self.head = Conv[Conv.CONV, spatial_dims](self.backbone.channels[0], out_channels, kernel_size=1)
         self.freeze_backbone = freeze_backbone
         self.backbone.requires_grad_(not freeze_backbone)
