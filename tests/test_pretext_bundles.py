@@ -23,7 +23,7 @@ def test_overlay_runs_two_iterations_and_checkpoints_its_heads(overlay, tmp_path
     log = result.stdout + result.stderr
     for term in (OVERLAYS[overlay], "health_cosine", "health_rank", "reach_fraction", "val_epe"):
         assert f"{term}: " in log, term
-    checkpoint = torch.load(tmp_path / "models" / "checkpoint_1.pt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint_2.pt", weights_only=True)  # named by iterations done
     heads = {k for k in checkpoint.get("pretext_loss", {}) if ".head" in k}
     assert bool(heads) == (overlay in ("pretext_relloc.json", "pretext_restoration.json"))
     weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
