@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cover3d.engine import write_json_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -72,8 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = results[-1]
         print(f"{bundle}: {r['wall_seconds'] / 60:.1f} min, {r['threads']} thread(s), evaluation EPE {r['eval_epe']:.2f} "
               f"vs zero field {r['eval_epe_identity']:.2f} voxels", flush=True)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(results, args.output)
     print(f"wrote {args.output}")
     return results
 

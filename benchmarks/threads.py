@@ -13,7 +13,6 @@ Writes ``benchmarks/results/threads.json``::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -24,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table  # noqa: E402
+
+from cover3d.engine import write_json_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "import torch\ntorch.set_num_threads(1)\na = torch.rand(768, 768)\nwhile True:\n    a = (a @ a).tanh()\n"
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown_table(["CPU", "threads", "it/s (median)", f"vs {args.threads[0]} thread(s)"], rows))
     result = {"cpu_count": os.cpu_count(), "iterations": args.iterations, "reps": args.reps,
               "cases": [{"load": load, "threads": t, "it_per_s": speeds[(load, t)], "median": medians[(load, t)]} for load, t in cases]}  # fmt: skip
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(result, args.output)
     print(f"wrote {args.output}")
     return result
 
