@@ -15,7 +15,7 @@ import readme_tables  # noqa: E402
 
 def test_readme_is_generated_from_the_result_files():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "<!-- table:bundle_defaults -->" in readme
+    assert "<!-- table:bundle_defaults -->" in readme and "<!-- table:threads -->" in readme
     assert readme_tables.main(["--check"]) == 0
 
 
