@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--pool", required=True, help="datalist with 'training' and 'validation' lists")
     parser.add_argument("--test", required=True)
     parser.add_argument("--test-key", default="test")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not (re)start training: evaluate the best checkpoint so far (a run cut short)")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
     parser.add_argument("--work-dir", default=str(REPO / "benchmarks" / "results" / "seg_convergence" / "runs"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "seg_convergence"))
@@ -82,12 +84,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = {**json.loads((bundle / "train.json").read_text()), **changed}
     common = {"bundle_root": str(run_dir), "dataset_dir": str(Path(args.dataset_dir).resolve()), **overrides}
     seconds_file = run_dir / "train_seconds.txt"
-    if not (run_dir / "models" / "model_final.pt").is_file():
+    completed = (run_dir / "models" / "model_final.pt").is_file()
+    if not completed and not args.evaluate_only:
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         run_bundle([bundle / "train.json", *overlays], datalist=str(Path(args.pool).resolve()), **common)
         previous = float(seconds_file.read_text()) if seconds_file.is_file() else 0.0  # resumed: add up
         seconds_file.write_text(f"{previous + time.monotonic() - start:.1f}\n")
+        completed = True
     eval_start = time.monotonic()
     evaluate = bundle / "evaluate.json"
     shared = set(json.loads(evaluate.read_text())) - {"bundle_root", "datalist", "dataset_dir"}
@@ -103,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "name": args.name, "overlays": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in overlays],
         "overrides": overrides, "settings": {k: settings.get(k) for k in keys},
         "iterations": int(settings["epochs"]) * int(settings["iterations_per_epoch"]),
-        "train_seconds": float(seconds_file.read_text()), "eval_seconds": round(time.monotonic() - eval_start, 1),
+        "completed": completed, "epochs_done": max((row["epoch"] for row in curve), default=0),
+        "train_seconds": float(seconds_file.read_text()) if seconds_file.is_file() else None, "eval_seconds": round(time.monotonic() - eval_start, 1),
         "best_epoch": best["epoch"], "best_val_mean_dice": best["value"],
         "test_dice": metrics["dice"], "test_hd95_mm": metrics.get("hd95_mm"), "validation_curve": curve,
     }
@@ -112,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (output / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     if curve:
         write_csv(output / f"{args.name}.csv", curve)
-    print(f"{args.name}: {result['iterations']} iterations in {result['train_seconds']:.0f} s; best validation Dice "
+    print(f"{args.name}: {result['iterations']} iterations planned, completed: {completed}; best validation Dice "
           f"{best['value']:.4f} at epoch {best['epoch']}; test Dice {metrics['dice']:.4f}, HD95 "
           f"{metrics.get('hd95_mm', float('nan')):.2f} mm")
     return result
