@@ -285,16 +285,16 @@ def build_backbone(weights: str | None, init_seed: int, channels: Sequence[int] 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the probe; return the written JSON content."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="name of this run (output file stem), e.g. untrained_seed0")
+    parser.add_argument("--name", help="name of this run (output file stem), e.g. untrained_seed0")
     parser.add_argument("--weights", default=None, help="pretraining model.pt (omit: untrained backbone)")
     parser.add_argument("--init-seed", type=int, default=0, help="seed of the untrained backbone's initialisation")
     parser.add_argument("--channels", type=int, nargs=5, default=None, help="backbone widths (default: metadata)")
     parser.add_argument("--pixdim", type=float, nargs=3, default=None, help="voxel size in mm (default: metadata)")
     parser.add_argument("--modality", choices=sorted(PREPROCESSING), default="mri")
-    parser.add_argument("--dataset-dir", required=True)
-    parser.add_argument("--pool", required=True, help="datalist with the labelled volumes the heads train on")
+    parser.add_argument("--dataset-dir")
+    parser.add_argument("--pool", help="datalist with the labelled volumes the heads train on")
     parser.add_argument("--pool-keys", nargs="+", default=["training", "validation"])
-    parser.add_argument("--test", required=True)
+    parser.add_argument("--test")
     parser.add_argument("--test-key", default="test")
     parser.add_argument("--num-classes", type=int, default=2)
     parser.add_argument("--n-labelled", nargs="+", default=["2", "4", "8", "all"])
@@ -303,7 +303,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--voxels-per-volume", type=int, default=4096)
     parser.add_argument("--dispersion-voxels", type=int, default=256)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "feature_probe"))
+    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the markdown table of these results")
     args = parser.parse_args(argv)
+    if args.report:
+        print(markdown_report([json.loads(Path(f).read_text()) for f in args.report]))
+        return {}
+    missing = [f"--{k.replace('_', '-')}" for k in ("name", "dataset_dir", "pool", "test") if getattr(args, k) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     logging.basicConfig(level=logging.WARNING)
     start = time.monotonic()
 
@@ -344,21 +351,37 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
+def markdown_report(results: Sequence[dict]) -> str:
+    """Markdown table, one line per result x levels x n labelled: Dice and AUC mean +- std over seeds, cosines."""
+    lines = ["| weights | levels | n labelled | Dice | AUC | cos within label | cos across labels |",
+             "|---|---|---|---|---|---|---|"]
+    for result in results:
+        for (levels, n), group in _by_levels_and_size(result["rows"]):
+            d = result["dispersion"][levels]
+            lines.append(f"| {result['name']} | {levels} | {n} | {_mean_std([r['dice'] for r in group])} | "
+                         f"{_mean_std([r['auc'] for r in group])} | {d['intra']:.3f} | {d['inter']:.3f} |")
+    return "\n".join(lines)
+
+
+def _by_levels_and_size(rows: Sequence[dict]) -> list[tuple[tuple[str, int], list[dict]]]:
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["levels"], row["n_labelled"]), []).append(row)
+    return sorted(groups.items())
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} +- {std:.3f}"
+
+
 def format_summary(result: dict) -> str:
     """One line per levels x n labelled: Dice and AUC mean +- std over seeds, and the cosine similarities."""
     lines = [f"{'levels':6s} {'n':>3s}  {'Dice':>15s}  {'AUC':>15s}  intra/inter cos"]
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for row in result["rows"]:
-        groups.setdefault((row["levels"], row["n_labelled"]), []).append(row)
-
-    def cell(values: list[float]) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):.3f} +- {std:.3f}"
-
-    for (levels, n), group in sorted(groups.items()):
+    for (levels, n), group in _by_levels_and_size(result["rows"]):
         d = result["dispersion"][levels]
-        lines.append(f"{levels:6s} {n:3d}  {cell([r['dice'] for r in group]):>15s}  "
-                     f"{cell([r['auc'] for r in group]):>15s}  {d['intra']:.3f} / {d['inter']:.3f}")
+        lines.append(f"{levels:6s} {n:3d}  {_mean_std([r['dice'] for r in group]):>15s}  "
+                     f"{_mean_std([r['auc'] for r in group]):>15s}  {d['intra']:.3f} / {d['inter']:.3f}")
     return "\n".join(lines)
 
 

@@ -111,3 +111,5 @@ def test_tiny_probe_end_to_end_with_untrained_and_pretrained_weights(tmp_path):
     assert [r["dice"] for r in pretrained["rows"]] != [r["dice"] for r in untrained["rows"]]  # weights were loaded
     saved = json.loads((tmp_path / "out" / "pretrained.json").read_text())
     assert saved["rows"] == pretrained["rows"] and saved["channels"] == TINY_CHANNELS
+    table = fp.markdown_report([untrained, pretrained]).splitlines()
+    assert len(table) == 2 + 2 * 4 and table[2].startswith("| untrained | all | 1 |")
