@@ -39,7 +39,7 @@ def test_tiny_run_records_curve_best_checkpoint_and_test_dice(tmp_path):
     assert [row["epoch"] for row in result["validation_curve"]] == [1, 2]
     assert result["best_val_mean_dice"] == max(row["val_mean_dice"] for row in result["validation_curve"])
     assert result["iterations"] == 2 and result["completed"] and result["epochs_done"] == 2
-    assert result["settings"]["channels"] == TINY_CHANNELS
+    assert result["settings"]["channels"] == TINY_CHANNELS and result["changed"]["epochs"] == 2
     assert 0.0 <= result["test_dice"] <= 1.0 and result["train_seconds"] > 0
     with open(tmp_path / "out" / "tiny.csv", newline="") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2]
