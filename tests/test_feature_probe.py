@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feature_probe as fp  # noqa: E402
-from test_seg_bundle import TINY_CHANNELS, make_synthetic_dataset  # noqa: E402
+from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 
 def ellipsoid_volumes(count: int, shape=(24, 20, 16), seed: int = 0) -> list[dict]:
@@ -90,9 +90,7 @@ def test_backbone_features_keep_the_image_grid():
 
 def test_tiny_probe_end_to_end_with_untrained_and_pretrained_weights(tmp_path):
     data = tmp_path / "data"
-    entries = make_synthetic_dataset(data, cases=5)
-    (data / "pool.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3]}))
-    (data / "test.json").write_text(json.dumps({"test": entries[3:]}))
+    make_pool_and_test_lists(data, cases=5)
     weights = tmp_path / "model.pt"
     torch.save(CoverNet(1, TINY_CHANNELS).state_dict(), weights)
     common = ["--dataset-dir", str(data), "--pool", str(data / "pool.json"), "--test", str(data / "test.json"),

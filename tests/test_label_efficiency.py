@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import label_efficiency as le  # noqa: E402
-from test_seg_bundle import TINY_CHANNELS, make_synthetic_dataset  # noqa: E402
+from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 
 def test_subsets_are_nested_seeded_and_checked():
@@ -61,9 +61,7 @@ def test_summary_and_table_pair_runs_by_seed():
 @pytest.mark.slow
 def test_tiny_protocol_runs_and_resumes(tmp_path):
     data = tmp_path / "data"
-    entries = make_synthetic_dataset(data, cases=4)
-    (data / "pool.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3]}))
-    (data / "test.json").write_text(json.dumps({"test": entries[3:]}))
+    make_pool_and_test_lists(data, cases=4)
     weights = tmp_path / "pretrained.pt"
     torch.save(CoverNet(1, TINY_CHANNELS).state_dict(), weights)
     output = tmp_path / "results"

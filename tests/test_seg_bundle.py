@@ -46,6 +46,14 @@ def make_synthetic_dataset(folder: Path, cases: int, shape=(40, 36, 20), seed: i
     return entries
 
 
+def make_pool_and_test_lists(folder: Path, cases: int) -> None:
+    """Synthetic cases in ``folder`` with ``pool.json`` (training: the first 2, validation: the 3rd) and ``test.json``
+    (the rest), as the label-efficiency, probe and convergence benchmarks read them."""
+    entries = make_synthetic_dataset(folder, cases=cases)
+    (folder / "pool.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3]}))
+    (folder / "test.json").write_text(json.dumps({"test": entries[3:]}))
+
+
 def copy_bundle(destination: Path) -> Path:
     """The cover_seg bundle files in ``destination/cover_seg`` (a run's outputs then land there, not in the repo)."""
     target = destination / "cover_seg"

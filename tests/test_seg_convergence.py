@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seg_convergence as sc  # noqa: E402
-from test_seg_bundle import TINY_CHANNELS, make_synthetic_dataset  # noqa: E402
+from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 
 def test_validation_curve_pairs_each_validated_epoch_with_its_mean_loss():
@@ -25,9 +25,7 @@ def test_validation_curve_pairs_each_validated_epoch_with_its_mean_loss():
 @pytest.mark.slow
 def test_tiny_run_records_curve_best_checkpoint_and_test_dice(tmp_path):
     data = tmp_path / "data"
-    entries = make_synthetic_dataset(data, cases=4)
-    (data / "pool.json").write_text(json.dumps({"training": entries[:2], "validation": entries[2:3]}))
-    (data / "test.json").write_text(json.dumps({"test": entries[3:]}))
+    make_pool_and_test_lists(data, cases=4)
     overlay = tmp_path / "overlay.json"  # a train-only key (train#...) must not reach evaluate.json
     overlay.write_text(json.dumps({"pixdim": [2.0, 2.0, 2.0], "channels": TINY_CHANNELS, "patch_size": [32, 32, 16],
                                    "train#dataloader#shuffle": False}))
