@@ -2,10 +2,14 @@
 for several numbers of labelled training volumes and several seeds.
 
 Every run is the ``cover_seg`` bundle run in this process: ``train.json`` + ``no_validation.json`` (fixed
-iteration budget, final weights, no validation data) on a subset of the pool, then ``evaluate.json`` on the
-test datalist. For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every
+iteration budget, final weights, no validation data) + ``--overlay`` (default ``converged.json``: the setting and
+budget with which scratch training on every labelled left-atrium volume converges, chosen on the pool's validation
+list) on a subset of the pool, then ``evaluate.json`` on the test datalist with the same voxel size and window. For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every
 mode trains on the same subset with the same seed, so modes are compared pair by pair. Runs already finished
-in ``--output`` are reused, so an interrupted protocol resumes where it stopped.
+in ``--output`` are reused, so an interrupted protocol resumes where it stopped, also from committed results (each
+run's ``eval/*.csv`` files are tracked, its weights are not); the tables cover every finished run in ``--output``,
+so several invocations (other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in
+``--output`` records the setting; an invocation with another setting is refused.
 
 Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder: models, runs, eval),
 ``results.csv`` (one row per run), ``summary.csv`` (mean and std per mode and size), ``paired.csv`` (per mode and
@@ -13,33 +17,34 @@ size: the paired difference to scratch of Dice and HD95 with a paired-t 95 % int
 95 % interval over seeds x test cases, and the mean per-class Dice), ``label_efficiency.png``, and the printed
 tables.
 
-Default setting (CPU, about an hour for the left-atrium data on 2 shared cores): 2 mm voxels, widths 8-128,
-80 iterations per run (4 epochs x 20) of 2 random 32^3 patches, sizes 2/4/8/all(60), seeds 0/1/2, modes
-scratch and pretrained = 24 runs. Measured per run: 80 iterations take 40 s on idle cores and up to 4 min
-when other jobs saturate them; evaluating the 20 test volumes takes about 25 s; so 25-60 min at light to
-moderate load, longer under contention. The weights must come from a pretraining run with the same voxel
-size and widths (the bundles/cover_mri defaults). From the repository root::
+Default setting (``bundles/cover_seg/converged.json``): 2 mm voxels, widths 8-128, 64x48x32 patches (one per
+volume, 2 per iteration), 800 iterations per run, sizes 2/4/8/16/all(60), seeds 0/1/2, modes scratch and
+pretrained = 30 runs. Measured per run on this 2-core machine with one other job beside it: about 9 minutes of
+training and 15 s of evaluation, so split the protocol over sessions and cores, e.g. from the repository root::
 
-    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \\
-        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
-        --pretrained-weights bundles/cover_mri/models/model.pt
+    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \
+        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \
+        --pretrained-weights weights/cover_mri_pool_2mm/model.pt --modes scratch --sizes 2 4 \
+        --output benchmarks/results/label_efficiency_la
 
-or pretrain on the pool's images first (the 2 mm left-atrium volumes are smaller than cover_mri's default
-72^3 context crop)::
+(and ``--modes pretrained`` in another process with the same ``--output``). The weights must come from a
+pretraining run with the same voxel size and widths, or pretrain on the pool's images first::
 
-    ... --pretrain-config bundles/cover_mri/train.json \\
-        --pretrain-set epochs=50 "patch_size=[32,32,32]" "context_size=[48,48,48]"
+    ... --pretrain-config bundles/cover_mri/train.json --pretrain-set epochs=50 "patch_size=[48,48,32]" \
+        "context_size=[64,64,48]"
 
-On a GPU, raise the budget and patch size, e.g. ``--epochs 50 --set patch_size=[96,96,32] infer_roi_size=[96,96,32]``.
+On a GPU, raise the budget and patch size, e.g. ``--epochs 50 --set patch_size=[96,96,32]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import random
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,13 +56,7 @@ MODES = {  # mode -> (uses the pretrained weights, backbone frozen)
     "pretrained": (True, False),
     "probe": (True, True),
 }
-# seg-bundle overrides for the default CPU setting (the rest are bundles/cover_seg/train.json defaults: 2 mm voxels,
-# widths 8-128); 32^3 patches, 2 per iteration; an 80x64x32 window covers a whole 2 mm left-atrium volume
-# (after the foreground crop), so evaluation is one forward pass per case.
-DEFAULT_SETTINGS = {"patch_size": [32, 32, 32], "samples_per_volume": 1, "batch_size": 2, "warmup_iterations": 6,
-                    "infer_roi_size": [80, 64, 32]}
-
-
+DEFAULT_OVERLAY = REPO / "bundles" / "cover_seg" / "converged.json"
 def parse_assignments(items: Sequence[str]) -> dict:
     """``["key=value", ...]`` -> dict; values parsed as JSON when possible (``patch_size=[48,48,32]``), else strings."""
     settings = {}
@@ -128,37 +127,98 @@ def pretrain(
     return weights
 
 
+def merged_overlays(overlays: Sequence[Path]) -> dict:
+    """Top-level keys of the overlay files, later files winning (what ``monai.bundle run`` applies)."""
+    merged: dict = {}
+    for overlay in overlays:
+        merged |= json.loads(Path(overlay).read_text())
+    return merged
+
+
+def evaluation_settings(bundle: Path, overlay: dict, settings: dict) -> dict:
+    """Overrides of ``evaluate.json``: the overlay's keys that it defines (voxel size, patch, window...), then ``settings``."""
+    evaluate_keys = json.loads((bundle / "evaluate.json").read_text())
+    return {k: v for k, v in overlay.items() if k in evaluate_keys} | settings
+
+
+def iteration_budget(bundle: Path, overlay: dict, settings: dict) -> int:
+    """Iterations per run: epochs x iterations_per_epoch from ``settings``, else the overlay, else ``train.json``."""
+    train = json.loads((bundle / "train.json").read_text())
+    value = {k: settings.get(k, overlay.get(k, train[k])) for k in ("epochs", "iterations_per_epoch")}
+    return int(value["epochs"]) * int(value["iterations_per_epoch"])
+
+
+def check_protocol(output: Path, record: dict) -> None:
+    """Write ``output/settings.json`` or check that the finished runs there used ``record``'s setting.
+
+    A ``None`` value (e.g. no weights digest in a scratch-only invocation) matches anything and is filled in later.
+
+    Raises:
+        ValueError: ``output`` holds runs of another setting (naming the keys that differ).
+    """
+    path = output / "settings.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    differing = sorted(k for k in set(saved) | set(record)
+                       if saved.get(k) is not None and record.get(k) is not None and saved[k] != record[k])
+    if differing:
+        raise ValueError(f"{output} holds runs of another setting ({', '.join(differing)} differ from {path}); "
+                         "use another --output or the same setting")
+    merged = record | {k: v for k, v in saved.items() if v is not None}
+    if merged != saved:
+        output.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def file_digest(path: Path) -> str:
+    """First 16 hex digits of the SHA-256 of a file (names weights independently of where they lie)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def run_one(
     bundle: Path, run_dir: Path, mode: str, subset: list[dict], seed: int, args: argparse.Namespace,
-    settings: dict, weights: Path | None,
-) -> dict:
+    overlays: Sequence[Path], settings: dict, evaluation: dict, weights: Path | None,
+) -> None:
     """Train one mode on one subset and evaluate it on the test datalist (skipped when already evaluated)."""
     uses_weights, frozen = MODES[mode]
-    if not (run_dir / "eval" / "metrics.csv").is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        datalist = run_dir / "datalist.json"
-        datalist.write_text(json.dumps({"training": subset}, indent=2) + "\n")
-        start = time.monotonic()
-        run_bundle(
-            [bundle / "train.json", bundle / "no_validation.json"],
-            bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=str(datalist), seed=seed,
-            pretrained_weights=str(weights) if uses_weights else None, freeze_backbone=frozen,
-            epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, **settings,
-        )
-        train_seconds = time.monotonic() - start
-        run_bundle(
-            [bundle / "evaluate.json"],
-            bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=args.test, eval_key=args.test_key,
-            **settings,
-        )
-        (run_dir / "train_seconds.txt").write_text(f"{train_seconds:.1f}\n")
-    metrics = read_metrics(run_dir / "eval")
-    seconds = run_dir / "train_seconds.txt"
-    return {
-        "mode": mode, "n_labelled": len(subset), "seed": seed,
-        "dice": metrics["dice"], "hd95_mm": metrics.get("hd95_mm", math.nan),
-        "train_seconds": float(seconds.read_text()) if seconds.is_file() else math.nan,
-    }
+    if (run_dir / "eval" / "metrics.csv").is_file():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    datalist = run_dir / "datalist.json"
+    datalist.write_text(json.dumps({"training": subset}, indent=2) + "\n")
+    start = time.monotonic()
+    run_bundle(
+        [bundle / "train.json", bundle / "no_validation.json", *overlays],
+        bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=str(datalist), seed=seed,
+        pretrained_weights=str(weights) if uses_weights else None, freeze_backbone=frozen, **settings,
+    )
+    train_seconds = time.monotonic() - start
+    run_bundle(
+        [bundle / "evaluate.json"],
+        bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=args.test, eval_key=args.test_key,
+        **evaluation,
+    )
+    (run_dir / "train_seconds.txt").write_text(f"{train_seconds:.1f}\n")
+
+
+def finished_runs(output: Path) -> tuple[list[dict], dict[tuple[str, int, int], Path]]:
+    """Every evaluated run in ``output/runs`` (``<mode>_n<N>_seed<S>/eval/metrics.csv``): rows and run folders."""
+    rows, run_dirs = [], {}
+    for metrics_file in sorted((output / "runs").glob("*/eval/metrics.csv")):
+        run_dir = metrics_file.parents[1]
+        match = re.fullmatch(r"(\w+?)_n(\d+)_seed(\d+)", run_dir.name)
+        if not match or match[1] not in MODES:
+            continue
+        mode, n, seed = match[1], int(match[2]), int(match[3])
+        metrics = read_metrics(run_dir / "eval")
+        seconds = run_dir / "train_seconds.txt"
+        rows.append({
+            "mode": mode, "n_labelled": n, "seed": seed,
+            "dice": metrics["dice"], "hd95_mm": metrics.get("hd95_mm", math.nan),
+            "train_seconds": float(seconds.read_text()) if seconds.is_file() else math.nan,
+        })
+        run_dirs[(mode, n, seed)] = run_dir
+    rows.sort(key=lambda r: (r["n_labelled"], r["seed"], list(MODES).index(r["mode"])))
+    return rows, run_dirs
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
@@ -311,11 +371,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                          "(e.g. bundles/cover_mri/train.json); its weights are then used")
     parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the pretraining bundle (e.g. epochs=50)")
-    parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "all"], help="numbers of labelled volumes")
+    parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "16", "all"], help="numbers of labelled volumes")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES))
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--iterations-per-epoch", type=int, default=20, help="budget = epochs x this, every run")
+    parser.add_argument("--overlay", nargs="*", default=[str(DEFAULT_OVERLAY)],
+                        help="cover_seg configs applied after train.json + no_validation.json (default: converged.json)")
+    parser.add_argument("--epochs", type=int, help="overrides the overlay's epochs")
+    parser.add_argument("--iterations-per-epoch", type=int, help="overrides the overlay's; budget = epochs x this")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
@@ -325,8 +387,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     needs_weights = any(MODES[m][0] for m in args.modes)
     if needs_weights and not (args.pretrained_weights or args.pretrain_config):
         parser.error(f"modes {args.modes} need --pretrained-weights or --pretrain-config")
-    settings = {**DEFAULT_SETTINGS, **parse_assignments(args.set)}
+    settings = parse_assignments(args.set)
+    settings |= {k: v for k, v in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations_per_epoch)) if v}
     output, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
+    overlays = [Path(o).resolve() for o in args.overlay]
+    overlay = merged_overlays(overlays)
+    evaluation = evaluation_settings(bundle, overlay, settings)
     pool = read_pool(args.pool, args.pool_keys)
     sizes = subset_sizes(args.sizes, len(pool))
     weights_path = None
@@ -336,20 +402,29 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             parser.error(f"pretrained weights file not found: {weights_path}")
     elif args.pretrain_config and needs_weights:
         seg_defaults = json.loads((bundle / "train.json").read_text())
-        seg_settings = {k: settings.get(k, seg_defaults[k]) for k in ("pixdim", "channels", "in_channels")}
+        seg_settings = {k: evaluation.get(k, seg_defaults[k]) for k in ("pixdim", "channels", "in_channels")}
         weights_path = pretrain(Path(args.pretrain_config).resolve(), output / "pretrain", args.dataset_dir,
                                 str(Path(args.pool).resolve()), seg_settings, parse_assignments(args.pretrain_set))
+    try:
+        check_protocol(output, {
+            "overlay": overlay, "settings": settings, "pool": Path(args.pool).name, "test": Path(args.test).name,
+            "pretrained_weights_sha256": file_digest(weights_path) if weights_path and weights_path.is_file() else None,
+        })
+    except ValueError as error:
+        parser.error(str(error))
 
+    budget = f"{iteration_budget(bundle, overlay, settings)} iterations per run"
     print(f"label efficiency: pool {len(pool)} volumes, sizes {sizes}, seeds {args.seeds}, modes {args.modes}; "
-          f"budget {args.epochs * args.iterations_per_epoch} iterations per run; bundle overrides {settings}")
-    rows, run_dirs = [], {}
-    for seed in args.seeds:
-        for n in sizes:
+          f"{budget}; overlays {[o.name for o in overlays]}, overrides {settings}")
+    for n in sizes:
+        for seed in args.seeds:
             subset = nested_subset(pool, n, seed)
             for mode in args.modes:
-                run_dirs[(mode, n, seed)] = output / "runs" / f"{mode}_n{n}_seed{seed}"
-                rows.append(run_one(bundle, run_dirs[(mode, n, seed)], mode, subset, seed, args, settings, weights_path))
-                print(f"  {mode:10s} n={n:3d} seed={seed}: Dice {rows[-1]['dice']:.4f}")
+                run_one(bundle, output / "runs" / f"{mode}_n{n}_seed{seed}", mode, subset, seed, args, overlays,
+                        settings, evaluation, weights_path)
+    rows, run_dirs = finished_runs(output)
+    for row in rows:
+        print(f"  {row['mode']:10s} n={row['n_labelled']:3d} seed={row['seed']}: Dice {row['dice']:.4f}")
     summary = summarise(rows)
     write_csv(output / "results.csv", rows)
     write_csv(output / "summary.csv", summary)
@@ -357,9 +432,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if paired:
         write_csv(output / "paired.csv", paired)
         print(format_paired_table(paired))
-    budget = f"{args.epochs * args.iterations_per_epoch} iterations per run"
     plot(summary, output / "label_efficiency.png", f"{Path(args.pool).stem} -> {Path(args.test).stem}, {budget}")
-    print(format_table(rows, args.modes))
+    print(format_table(rows, [m for m in MODES if any(r["mode"] == m for r in rows)]))
     print(f"wrote {output / 'results.csv'}, {output / 'summary.csv'}, {output / 'label_efficiency.png'}")
     return rows
 

@@ -68,11 +68,18 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     command = [
         sys.executable, str(REPO / "benchmarks" / "label_efficiency.py"), "--dataset-dir", str(data),
         "--pool", str(data / "pool.json"), "--test", str(data / "test.json"), "--pretrained-weights", str(weights),
-        "--sizes", "1", "all", "--seeds", "0", "--epochs", "3", "--iterations-per-epoch", "16",
+        "--sizes", "1", "all", "--seeds", "0", "--overlay", "--epochs", "3", "--iterations-per-epoch", "16",
         "--set", "pixdim=[2,2,2]", "patch_size=[32,32,16]", f"channels={json.dumps(TINY_CHANNELS)}",
-        "infer_roi_size=[32,32,16]", "batch_size=1", "learning_rate=0.01", "--output", str(output),
+        "infer_roi_size=[32,32,16]", "batch_size=1", "learning_rate=0.01", "warmup_iterations=6",
+        "--output", str(output), "--modes",
     ]
-    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+    first = run("scratch")  # one invocation per mode (one per core), both filling the same protocol
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    first = run("pretrained")
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
     assert "loaded" in first.stdout and "100% of the backbone's" in first.stdout  # the pretrained runs load weights
 
@@ -97,11 +104,14 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
             (runs / f"pretrained_n{n}_seed0" / "datalist.json").read_text()
     assert "n labelled" in first.stdout and "pretrained - scratch" in first.stdout
 
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    second = run("scratch", "pretrained")
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert "SupervisedTrainer" not in second.stdout + second.stderr  # finished runs are reused, not retrained
     with open(output / "results.csv", newline="") as f:
         assert [r["dice"] for r in csv.DictReader(f)] == [r["dice"] for r in rows]
+
+    other = run("scratch", "--set", "learning_rate=0.02")  # another setting must not mix into these results
+    assert other.returncode == 2 and "holds runs of another setting (settings differ" in other.stderr, other.stderr
 
 
 def test_pretrained_modes_need_weights(tmp_path, capsys):
