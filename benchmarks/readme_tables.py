@@ -11,10 +11,12 @@ the README differs from what the files give, so hand-typed numbers cannot drift 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +48,72 @@ def threads() -> str:
     return markdown_table(["CPU", "threads", "it/s (median)", "vs 1 thread"], rows)
 
 
-TABLES: dict[str, Callable[[], str]] = {"bundle_defaults": bundle_defaults, "threads": threads}
+def seg_convergence() -> str:
+    """``seg_convergence/*.json`` (benchmarks/seg_convergence.py): runs evaluated with the window = the patch."""
+    rows = []
+    for path in sorted((RESULTS / "seg_convergence").glob("*.json")):
+        r = json.loads(path.read_text())
+        settings = r["settings"]
+        if settings["infer_roi_size"] not in ("@patch_size", settings["patch_size"]):
+            continue  # an early run validated with a larger window (seg_convergence/NOTES.md)
+        best = max(r["validation_curve"], key=lambda c: c["val_mean_dice"])
+        rows.append([f"`{r['name']}`", f"{settings['pixdim'][0]:g} mm", "x".join(map(str, settings["patch_size"])),
+                     r["iterations"], f"{r['train_seconds'] / 60:.1f} min", f"{best['val_mean_dice']:.3f} ({best['iteration']})",
+                     f"{r['test_dice']:.3f}", f"{r['test_hd95_mm']:.2f} mm"])  # fmt: skip
+    headers = ["run (scratch, all 48 training volumes)", "voxels", "patch", "iterations", "training (1 thread)",
+               "best validation Dice (iteration)", "test Dice", "test HD95"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def label_efficiency(folder: str) -> str:
+    """``<folder>/summary.csv`` and ``paired.csv`` (benchmarks/label_efficiency.py): per size, scratch and each
+    other mode, and the paired difference with its two 95 % intervals."""
+    def read(name: str) -> list[dict]:
+        path = RESULTS / folder / name
+        return list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+
+    summary = {(r["mode"], int(r["n_labelled"])): r for r in read("summary.csv")}
+    paired = {(r["mode"], int(r["n_labelled"])): r for r in read("paired.csv")}
+
+    def cell(mode: str, n: int) -> str:
+        r = summary.get((mode, n))
+        if not r:
+            return "-"
+        return f"{float(r['dice_mean']):.3f} +- {float(r['dice_std']):.3f} ({r['runs']})"
+
+    rows = []
+    for n in sorted({n for _, n in summary}):
+        others = sorted({m for m, size in summary if size == n and m != "scratch"}) or ["-"]
+        for mode in others:
+            p = paired.get((mode, n))
+            diff = (f"{float(p['dice_diff_mean']):+.3f} [{float(p['dice_diff_t95_low']):+.3f}, "
+                    f"{float(p['dice_diff_t95_high']):+.3f}]" if p else "-")
+            boot = f"[{float(p['dice_diff_boot95_low']):+.3f}, {float(p['dice_diff_boot95_high']):+.3f}]" if p else "-"
+            hd95 = " / ".join(f"{float(summary[(m, n)]['hd95_mm_mean']):.1f}" if (m, n) in summary else "-"
+                              for m in ("scratch", mode))
+            rows.append([n, cell("scratch", n), mode, cell(mode, n), diff, boot, hd95])
+    if not rows:
+        return f"(no finished runs in `benchmarks/results/{folder}/` yet)"
+    headers = ["n labelled", "scratch Dice (runs)", "mode", "mode Dice (runs)", "mode - scratch [paired t 95 %]",
+               "[bootstrap 95 %, seeds x cases]", "HD95 mm scratch / mode"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def feature_probe_table() -> str:
+    """``feature_probe/*.json`` (benchmarks/feature_probe.py): its own markdown report."""
+    from feature_probe import markdown_report
+
+    names = ("untrained_seed0", "cover_mri_default", "cover_mri_pool_2mm")
+    paths = [RESULTS / "feature_probe" / f"{name}.json" for name in names]
+    return markdown_report([json.loads(p.read_text()) for p in paths if p.is_file()])
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
+    "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
+    "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc"),
+    "feature_probe": feature_probe_table,
+}
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
 
 

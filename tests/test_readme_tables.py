@@ -39,3 +39,20 @@ def test_check_catches_a_hand_edited_number_and_rewrite_restores_it(tmp_path, mo
 def test_unknown_table_is_an_error():
     with pytest.raises(KeyError, match="no renderer"):
         readme_tables.render("<!-- table:nonsense -->\nx\n<!-- /table:nonsense -->")
+
+
+def test_label_efficiency_table_pairs_each_mode_with_scratch(tmp_path, monkeypatch):
+    folder = tmp_path / "le"
+    folder.mkdir()
+    (folder / "summary.csv").write_text(
+        "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std\n"
+        "scratch,2,3,0.6,0.05,9.0,1.0\npretrained,2,3,0.7,0.02,6.5,0.5\nscratch,4,1,0.75,0.0,5.0,0.0\n")
+    (folder / "paired.csv").write_text(
+        "mode,n_labelled,seeds,dice_diff_mean,dice_diff_t95_low,dice_diff_t95_high,dice_diff_boot95_low,"
+        "dice_diff_boot95_high\npretrained,2,3,0.1,0.02,0.18,0.05,0.15\n")
+    monkeypatch.setattr(readme_tables, "RESULTS", tmp_path)
+    lines = [[c.strip() for c in line.split("|")[1:-1]] for line in readme_tables.label_efficiency("le").splitlines()]
+    assert lines[2] == ["2", "0.600 +- 0.050 (3)", "pretrained", "0.700 +- 0.020 (3)", "+0.100 [+0.020, +0.180]",
+                        "[+0.050, +0.150]", "9.0 / 6.5"]
+    assert lines[3] == ["4", "0.750 +- 0.000 (1)", "-", "-", "-", "-", "5.0 / -"]  # scratch finished, no pair yet
+    assert readme_tables.label_efficiency("missing").startswith("(no finished runs")
