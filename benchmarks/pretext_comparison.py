@@ -1,24 +1,32 @@
-"""Pretexts side by side, pretraining part: every pretext pretrained with the same data, network, seed and budget.
+"""Pretexts side by side: every pretext pretrained with the same data, network, seed and budget, then compared.
 
 Each pretext is the ``cover_mri`` bundle with one overlay (``train.json`` alone for COVER), run in this process into
-``--output/pretrain/<pretext>/`` (reused when its ``models/model.pt`` exists). Then, for the saved weights:
+``--output/pretrain/<pretext>/`` on ``--pretrain-datalist`` (default: the unlabelled pretraining pool of
+``data_lists/mri_pretraining_pool.json``; reused when its ``models/model.pt`` exists). Then, for the saved weights:
 
-- field end-point error (voxels, valid voxels) of the vector pyramid on fixed seeded pairs of the ``validation``
-  images of ``--pool`` (only meaningful for the COVER variants: the baselines never train the pyramid);
+- field end-point error (voxels, valid voxels) of the vector pyramid on fixed seeded pairs of the pretraining
+  list's ``validation`` images (only meaningful for the COVER variants: the baselines never train the pyramid);
 - the collapse measures of :func:`cover3d.engine.feature_health` on those pairs' full-resolution features;
 - over-dispersion on the labelled ``--test`` volumes (whole preprocessed volume, padded to a multiple of 16):
-  mean cosine of random full-resolution feature pairs within the label, within the background and across them.
+  mean cosine of random full-resolution feature pairs within the label, within the background and across them;
+- stage ``probe``: ``feature_probe.py`` (frozen features, linear head) with ``--probe-sizes`` labelled volumes of
+  ``--pool`` and seeds ``--seeds`` -> ``--output/probe/<pretext>.json``;
+- stage ``finetune``: ``label_efficiency.py`` (converged budget) with ``--finetune-sizes`` labelled volumes and
+  the same seeds, modes scratch and pretrained -> ``--output/finetune/<pretext>/``; the scratch runs are trained
+  once (``--output/finetune/scratch``) and linked into every pretext's folder, so each pretext is paired with them.
 
-Writes ``--output/results.json`` and prints a table. From the repository root (CPU: ~1 min per 10 iterations per
-pretext on 2 shared cores; the default budget is the bundle's 400 iterations)::
+Every stage reuses what is finished, so the comparison resumes where it stopped (pretraining about 15 min per
+pretext at the default 400 iterations, a probe about 10 min, a fine-tune about 10 min on one CPU thread). Writes
+``--output/results.json``, ``--output/comparison.png`` and prints a table. From the repository root::
 
-    python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \\
+    python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \
         --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from collections.abc import Sequence
@@ -28,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from _common import shared_data
 from collapse_guard import BUNDLE, REPO, measure
+from feature_probe import main as feature_probe
+from label_efficiency import main as label_efficiency
 from label_efficiency import parse_assignments, run_bundle
 from monai.bundle import ConfigParser
 from monai.data import Dataset
@@ -46,6 +56,10 @@ PRETEXTS = {  # name -> (overlays of bundles/cover_mri, overrides)
     "infonce": (("pretext_infonce.json",), {}),
     "restoration": (("pretext_restoration.json",), {}),
 }
+
+# the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
+PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
+STAGES = ("pretrain", "probe", "finetune")
 
 
 def label_cosines(backbone: torch.nn.Module, volumes: Sequence[dict], num_samples: int = 2048) -> dict[str, float]:
@@ -67,57 +81,159 @@ def label_cosines(backbone: torch.nn.Module, volumes: Sequence[dict], num_sample
     return {k: sum(v) / len(v) for k, v in sums.items() if v}
 
 
-def main() -> None:
+def probe_stage(args: argparse.Namespace, name: str, weights: Path, output: Path) -> dict:
+    """Frozen-feature probe of ``weights`` (full-resolution and all levels): mean Dice / AUC over seeds per size."""
+    path = output / "probe" / f"{name}.json"
+    if not path.is_file():
+        feature_probe(["--name", name, "--weights", str(weights), "--dataset-dir", args.dataset_dir, "--pool", args.pool,
+                       "--test", args.test, "--n-labelled", *args.probe_sizes, "--seeds", *map(str, args.seeds),
+                       "--output", str(output / "probe")])  # fmt: skip
+    result = json.loads(path.read_text())
+    summary = {}
+    for row in result["rows"]:
+        summary.setdefault(f"probe_{row['levels']}_n{row['n_labelled']}", []).append(row)
+    return {key: {"dice": sum(r["dice"] for r in rows) / len(rows), "auc": sum(r["auc"] for r in rows) / len(rows),
+                  "seeds": len(rows)} for key, rows in summary.items()}  # fmt: skip
+
+
+def finetune_stage(args: argparse.Namespace, name: str, weights: Path, output: Path) -> dict:
+    """Fine-tune from ``weights`` vs the shared scratch runs; the paired rows of ``paired.csv`` and the summary."""
+    common = ["--dataset-dir", args.dataset_dir, "--pool", args.pool, "--test", args.test,
+              "--sizes", *args.finetune_sizes, "--seeds", *map(str, args.seeds)]  # fmt: skip
+    scratch = output / "finetune" / "scratch"
+    label_efficiency([*common, "--modes", "scratch", "--output", str(scratch)])
+    folder = output / "finetune" / name
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    for run in sorted((scratch / "runs").glob("scratch_*")):
+        link = folder / "runs" / run.name
+        if not link.exists():
+            link.symlink_to(Path("..", "..", "scratch", "runs", run.name))
+    label_efficiency([*common, "--modes", "scratch", "pretrained", "--pretrained-weights", str(weights),
+                      "--output", str(folder)])
+    with open(folder / "summary.csv", newline="") as f:
+        summary = {(r["mode"], r["n_labelled"]): r for r in csv.DictReader(f)}
+    with open(folder / "paired.csv", newline="") as f:
+        paired = {r["n_labelled"]: r for r in csv.DictReader(f)}
+    return {f"finetune_n{n}": {"scratch_dice": float(summary[("scratch", n)]["dice_mean"]),
+                               "dice": float(summary[("pretrained", n)]["dice_mean"]),
+                               "dice_std": float(summary[("pretrained", n)]["dice_std"]),
+                               "diff": float(p["dice_diff_mean"]), "diff_t95": [float(p["dice_diff_t95_low"]),
+                                                                                float(p["dice_diff_t95_high"])]}
+            for n, p in paired.items()}  # fmt: skip
+
+
+def plot(results: dict, path: Path) -> None:
+    """Bars per pretext: probe Dice (full-resolution features) and fine-tune Dice at the first sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    keys = sorted({k for row in results.values() for k in row if k.startswith(("probe_full", "finetune_n"))})
+    if not keys:
+        return
+    figure, axis = plt.subplots(figsize=(1.2 * len(names) + 2, 4))
+    width = 0.8 / len(keys)
+    for i, key in enumerate(keys):
+        values = [results[n].get(key, {}).get("dice", float("nan")) for n in names]
+        axis.bar([j + i * width for j in range(len(names))], values, width, label=key.replace("_", " "))
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=20)
+    axis.set_ylabel("test Dice (mean over seeds)")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset-dir", default=str(shared_data() / "la_mri_2018"))
+    parser.add_argument("--pretrain-dataset-dir", default=str(shared_data()))
+    parser.add_argument("--pretrain-datalist", default=str(REPO / "data_lists" / "mri_pretraining_pool.json"))
+    parser.add_argument("--dataset-dir", default=str(shared_data() / "la_mri_2018"), help="labelled downstream data")
     parser.add_argument("--pool", default=str(REPO / "data_lists" / "la_mri_2018_pool.json"))
     parser.add_argument("--test", default=str(REPO / "data_lists" / "la_mri_2018_test.json"))
     parser.add_argument("--test-key", default="test", help="datalist key of the labelled test volumes")
     parser.add_argument("--pretexts", nargs="+", default=list(PRETEXTS), choices=list(PRETEXTS))
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--iterations-per-epoch", type=int, default=40)
     parser.add_argument("--set", nargs="*", default=[], help="more bundle overrides, key=json_value")
     parser.add_argument("--pairs", type=int, default=8, help="held-out pairs for field EPE and feature health")
     parser.add_argument("--test-volumes", type=int, default=10, help="labelled test volumes for the label cosines")
+    parser.add_argument("--probe-sizes", nargs="+", default=["4"], help="labelled volumes of the frozen probe")
+    parser.add_argument("--finetune-sizes", nargs="+", default=["4"], help="labelled volumes of the fine-tune")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretext_comparison"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     output = Path(args.output)
-    common = {"dataset_dir": args.dataset_dir, "datalist": args.pool, "epochs": args.epochs,
-              "iterations_per_epoch": args.iterations_per_epoch, "resume": False, **parse_assignments(args.set)}  # fmt: skip
+    common = {"dataset_dir": args.pretrain_dataset_dir, "datalist": args.pretrain_datalist, "epochs": args.epochs,
+              "iterations_per_epoch": args.iterations_per_epoch, **PRETRAINING_SETTING,
+              **parse_assignments(args.set)}  # fmt: skip
     probe = ConfigParser()
     probe.read_config(str(BUNDLE / "train.json"))
     probe.update(common)
     preprocessing = mri_preprocessing(("image",), ("label",), pixdim=probe["pixdim"], percentiles=probe["percentiles"])
     test = load_datalist(args.test, args.test_key, base_dir=args.dataset_dir)[: args.test_volumes]
     volumes = Dataset(test, Compose(preprocessing + [DivisiblePadd(("image", "label"), k=16)]))
-    results = {"setting": {k: v for k, v in common.items() if k not in ("dataset_dir",)}, "pretexts": {}}
+    results_file = output / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"pretexts": {}}
+    results["setting"] = {k: v for k, v in common.items() if k != "dataset_dir"}
     for name in args.pretexts:
         run_dir = output / "pretrain" / name
         overlays, overrides = PRETEXTS[name]
         files = [BUNDLE / "train.json", *(BUNDLE / overlay for overlay in overlays)]
         settings = {**common, **overrides, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
         weights = run_dir / "models" / "model.pt"
-        seconds = None
+        row = results["pretexts"].get(name, {})
         if not weights.is_file():
+            if "pretrain" not in args.stages:
+                continue
             start = time.perf_counter()
             run_bundle(files, **settings)
-            seconds = time.perf_counter() - start
-        config = ConfigParser()
-        config.read_config([str(f) for f in files])
-        config.update(settings)
-        row = measure(config, weights, args.pairs, seed=2024)
-        network = config.get_parsed_content("network")
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})
-        results["pretexts"][name] = {**row, "train_seconds": seconds, "overlays": list(overlays), "overrides": overrides}
+            row["train_seconds"] = time.perf_counter() - start
+        if "epe" not in row:
+            config = ConfigParser()
+            config.read_config([str(f) for f in files])
+            config.update(settings)
+            row.update(measure(config, weights, args.pairs, seed=2024))
+            network = config.get_parsed_content("network")
+            network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})
+            row.update({"overlays": list(overlays), "overrides": overrides})
+        if "probe" in args.stages:
+            row.update(probe_stage(args, name, weights, output))
+        if "finetune" in args.stages:
+            row.update(finetune_stage(args, name, weights, output))
+        results["pretexts"][name] = row
         output.mkdir(parents=True, exist_ok=True)
-        (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    columns = ["epe", "epe_identity", "cosine_inside", "rank_inside", "cosine_within_label", "cosine_across"]
-    print("| pretext | " + " | ".join(columns) + " |")
-    for name, row in results["pretexts"].items():
-        print(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in columns) + " |")
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown_table(results["pretexts"]))
+    plot(results["pretexts"], output / "comparison.png")
+    return results
+
+
+def markdown_table(pretexts: dict) -> str:
+    """One row per pretext: field EPE, collapse and dispersion cosines, probe and fine-tune Dice."""
+    def number(value: float | None, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| pretext | field EPE (zero field) | random-pair cosine | cos within label / across | probe Dice, full res "
+             "(all levels) | fine-tune Dice | fine-tune - scratch [t 95 %] |", "|---|---|---|---|---|---|---|"]
+    for name, row in pretexts.items():
+        probe_full = next((v for k, v in sorted(row.items()) if k.startswith("probe_full")), None)
+        probe_all = next((v for k, v in sorted(row.items()) if k.startswith("probe_all")), None)
+        tune = next((v for k, v in sorted(row.items()) if k.startswith("finetune_n")), None)
+        lines.append(
+            f"| {name} | {number(row.get('epe'), '.2f')} ({number(row.get('epe_identity'), '.2f')}) | "
+            f"{number(row.get('cosine_inside'))} | {number(row.get('cosine_within_label'))} / "
+            f"{number(row.get('cosine_across'))} | {number(probe_full and probe_full['dice'])} "
+            f"({number(probe_all and probe_all['dice'])}) | {number(tune and tune['dice'])} | "
+            + (f"{tune['diff']:+.3f} [{tune['diff_t95'][0]:+.3f}, {tune['diff_t95'][1]:+.3f}] |" if tune else "- |"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

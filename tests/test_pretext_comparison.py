@@ -1,0 +1,64 @@
+"""pretext_comparison.py's fine-tune stage: scratch runs trained once and paired with every pretext; its table."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import pretext_comparison as pc  # noqa: E402
+
+
+def fake_label_efficiency(trained: list[str], dice: dict[str, float]):
+    """Stands in for label_efficiency.main: 'trains' missing runs (recorded) and writes summary/paired CSVs."""
+
+    def run(argv: list[str]) -> None:
+        args = argparse.ArgumentParser()
+        for name in ("--output", "--pretrained-weights", "--dataset-dir", "--pool", "--test"):
+            args.add_argument(name)
+        for name in ("--modes", "--sizes", "--seeds"):
+            args.add_argument(name, nargs="+")
+        a = args.parse_args(argv)
+        output = Path(a.output)
+        for mode in a.modes:
+            for seed in a.seeds:
+                run_dir = output / "runs" / f"{mode}_n{a.sizes[0]}_seed{seed}"
+                if not run_dir.exists():
+                    run_dir.mkdir(parents=True)
+                    trained.append(f"{output.name}/{run_dir.name}")
+        key = Path(a.pretrained_weights).parent.name if a.pretrained_weights else "scratch"
+        with open(output / "summary.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mode", "n_labelled", "dice_mean", "dice_std"])
+            w.writerow(["scratch", a.sizes[0], dice["scratch"], 0.01])
+            if a.pretrained_weights:
+                w.writerow(["pretrained", a.sizes[0], dice[key], 0.02])
+        with open(output / "paired.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["n_labelled", "dice_diff_mean", "dice_diff_t95_low", "dice_diff_t95_high"])
+            if a.pretrained_weights:
+                w.writerow([a.sizes[0], dice[key] - dice["scratch"], -0.01, 0.05])
+
+    return run
+
+
+def test_scratch_runs_are_trained_once_and_linked_into_every_pretext(tmp_path, monkeypatch):
+    trained: list[str] = []
+    monkeypatch.setattr(pc, "label_efficiency", fake_label_efficiency(trained, {"scratch": 0.6, "cover": 0.7, "infonce": 0.65}))
+    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0, 1])
+    rows = {}
+    for name in ("cover", "infonce"):
+        weights = tmp_path / name / "model.pt"
+        weights.parent.mkdir()
+        rows[name] = pc.finetune_stage(args, name, weights, tmp_path / "out")
+    assert trained == ["scratch/scratch_n4_seed0", "scratch/scratch_n4_seed1", "cover/pretrained_n4_seed0",
+                       "cover/pretrained_n4_seed1", "infonce/pretrained_n4_seed0", "infonce/pretrained_n4_seed1"]
+    link = tmp_path / "out" / "finetune" / "infonce" / "runs" / "scratch_n4_seed1"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "out" / "finetune" / "scratch" / "runs" / "scratch_n4_seed1")
+    assert rows["cover"]["finetune_n4"]["diff"] == 0.7 - 0.6 and rows["infonce"]["finetune_n4"]["dice"] == 0.65
+    table = pc.markdown_table({"cover": {"epe": 2.5, "epe_identity": 6.4, **rows["cover"],
+                                         "probe_full_n4": {"dice": 0.41, "auc": 0.9, "seeds": 2}}}).splitlines()
+    assert table[2] == "| cover | 2.50 (6.40) | - | - / - | 0.410 (-) | 0.700 | +0.100 [-0.010, +0.050] |"
