@@ -1,13 +1,17 @@
-"""Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks, the resumable training-sample stream."""
+"""Data I/O for cover3d: SimpleITK reader, datalists, pre-flight checks, the resumable training-sample stream,
+inter-subject pseudo-pairs."""
 
 from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
 from cover3d.data.datalists import find_volumes, load_datalist, make_datalist
 from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform, write_displacement_field
+from cover3d.data.pseudo_pairs import InterSubjectPseudoPairs, MixedPairs
 from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
 from cover3d.data.stream import StreamDataset, StreamSampler
 
 __all__ = [
     "VOLUME_SUFFIXES",
+    "InterSubjectPseudoPairs",
+    "MixedPairs",
     "SimpleITKReader",
     "StreamDataset",
     "StreamSampler",

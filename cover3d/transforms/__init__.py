@@ -1,3 +1,4 @@
+from cover3d.transforms.alignment import affine_align
 from cover3d.transforms.appearance import appearance_augmentation
 from cover3d.transforms.deformation import RandDeformationField, affine_matrix, smooth_deformation_field
 from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, foreground_fraction, fraction_within_reach
@@ -11,6 +12,7 @@ __all__ = [
     "CoverPaird",
     "PairSample",
     "RandDeformationField",
+    "affine_align",
     "appearance_augmentation",
     "ct_preprocessing",
     "foreground_fraction",

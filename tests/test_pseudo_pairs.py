@@ -1,0 +1,107 @@
+"""Inter-subject pseudo-pairs: affine alignment, teacher fields kept where cycle-consistent, mixed into the stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import Dataset
+from torch.utils.data import default_collate
+from test_bundles import REPO, TINY, bundle
+
+from cover3d.data import InterSubjectPseudoPairs, MixedPairs, StreamDataset
+from cover3d.engine import cycle_consistent_field
+from cover3d.errors import InputFileNotFoundError
+from cover3d.networks import CoverNet
+from cover3d.transforms import CoverPaird, affine_align
+
+CHANNELS = (4, 4, 8, 8, 8)
+
+
+def blob(shape, centre, radii) -> torch.Tensor:
+    grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij"))
+    c, r = torch.tensor(centre)[:, None, None, None], torch.tensor(radii)[:, None, None, None]
+    return ((((grid - c) / r) ** 2).sum(0) < 1).float()
+
+
+def subject(shape, shift=(0.0, 0.0, 0.0), scale=1.0) -> torch.Tensor:
+    """A bright ellipsoid with a dimmer inner one, moved by ``shift`` voxels and scaled by ``scale``: ``(1, *shape)``."""
+    centre = [s / 2 + d for s, d in zip(shape, shift)]
+    inner = [c - 0.2 * s for c, s in zip(centre, shape)]
+    outer = blob(shape, centre, [scale * 0.3 * s for s in shape])
+    return (0.8 * outer + 0.2 * blob(shape, inner, [scale * 0.1 * s for s in shape]))[None]
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
+
+
+def test_affine_align_recovers_a_shifted_scaled_subject():
+    fixed = subject((48, 40, 32))
+    moving = subject((48, 40, 32), shift=(4.0, -3.0, 2.0), scale=1.12)
+    aligned = affine_align(moving, fixed)
+    assert aligned.shape == fixed.shape
+    before, after = ncc(moving, fixed), ncc(aligned, fixed)
+    assert before < 0.7 and after > 0.93, (before, after)
+
+
+def pseudo_setup(tmp_path):
+    torch.manual_seed(0)
+    network = CoverNet(1, CHANNELS)
+    weights = tmp_path / "teacher.pt"
+    torch.save(network.state_dict(), weights)
+    pair = CoverPaird("image", patch_size=(32, 32, 16), context_size=(40, 40, 24), reach=network.reach,
+                      background_threshold=0.05)
+    shifts = [(0.0, 0.0, 0.0), (3.0, -2.0, 1.0), (-2.0, 3.0, -1.0)]
+    volumes = [{"image": subject((44, 40, 24), shift, 1.0 + 0.05 * i)} for i, shift in enumerate(shifts)]
+    return network, weights, pair, volumes
+
+
+def test_pseudo_pairs_are_the_teachers_cycle_consistent_fields_and_batch_with_synthetic_pairs(tmp_path):
+    network, weights, pair, volumes = pseudo_setup(tmp_path)
+    strict = InterSubjectPseudoPairs(volumes, network, str(weights), pair, num_pairs=2, threshold=12.0, seed=3)  # median residual of this untrained teacher
+    loose = InterSubjectPseudoPairs(volumes, network, str(weights), pair, num_pairs=2, threshold=1e6, seed=3)
+    assert len(strict) == 2 and 0 < strict.kept_fraction < loose.kept_fraction
+    item = loose[0]
+    field = cycle_consistent_field(network, item["image"][None], item["image_b"][None], threshold=1e6)
+    assert torch.allclose(item["ddf"], field["ddf"][0], atol=1e-5) and torch.equal(item["mask"], field["mask"][0])
+    assert not torch.equal(item["image"], item["image_b"])  # two different subjects
+    assert type(item["image"]) is torch.Tensor  # plain tensors, like the synthetic pairs
+
+    synthetic = Dataset([dict(v) for v in volumes], pair)
+    reference = synthetic[0]
+    assert sorted(item) == sorted(reference)
+    assert all(item[k].shape == torch.as_tensor(reference[k]).shape for k in ("image", "image_b", "ddf", "mask"))
+    default_collate([reference, item])  # one batch may hold both kinds
+
+    mixed = StreamDataset(MixedPairs(synthetic, loose), seed=1)
+    assert len(mixed) == 5
+    drawn = [mixed.volume_index(p) for p in range(10)]
+    assert sorted(set(drawn)) == [0, 1, 2, 3, 4]  # synthetic volumes and pseudo-pairs in one stream
+    p = drawn.index(0)
+    assert torch.equal(torch.as_tensor(mixed[drawn.index(3)]["ddf"]), loose[0]["ddf"])
+    got = mixed[p]  # a synthetic draw is seeded as in a stream without the extras
+    synthetic.transform.set_random_state(seed=int(np.random.SeedSequence([1, p]).generate_state(1)[0]))
+    assert torch.equal(torch.as_tensor(got["ddf"]), torch.as_tensor(synthetic[0]["ddf"]))
+
+
+def test_missing_teacher_weights_is_a_clear_error(tmp_path):
+    network, _, pair, volumes = pseudo_setup(tmp_path)
+    with pytest.raises(InputFileNotFoundError, match="--pseudo#teacher_weights"):
+        InterSubjectPseudoPairs(volumes, network, None, pair, num_pairs=1)
+
+
+@pytest.mark.slow
+def test_overlay_trains_on_pseudo_pairs_from_a_teacher(tmp_path):
+    folder = REPO / "bundles" / "cover_mri"
+    teacher = tmp_path / "teacher"
+    outputs = ["--output_dir", str(tmp_path / "runs"), "--resume", "False"]
+    bundle("run", "--config_file", str(folder / "train.json"), "--epochs", "1", *TINY, *outputs,
+           "--ckpt_dir", str(teacher), cwd=tmp_path)
+    configs = f"['{folder / 'train.json'}','{folder / 'pseudo_fields.json'}']"
+    result = bundle("run", "--config_file", configs, "--epochs", "1", *TINY, *outputs, "--ckpt_dir",
+                    str(tmp_path / "student"), "--pseudo#teacher_weights", str(teacher / "model.pt"),
+                    "--pseudo#pairs", "2", "--pseudo#threshold", "1000", cwd=tmp_path)
+    log = result.stdout + result.stderr
+    assert "2 inter-subject pseudo-pairs from" in log and "val_epe" in log
+    assert (tmp_path / "student" / "model.pt").is_file()
