@@ -6,8 +6,9 @@ With pretrained ``cover_mri`` weights, :func:`cover3d.engine.cycle_consistent_fi
   threshold, the fraction of valid voxels kept and the end-point error (voxels) on the kept voxels vs on all
   valid voxels;
 - inter-subject pairs (different held-out subjects, each preprocessed as the bundle does, which crops to the
-  foreground, then centre-cropped / padded to the patch; no affine alignment): the kept fraction and the median
-  residual (no truth exists there).
+  foreground, then centre-cropped / padded to the patch), without and with the second subject affinely aligned onto
+  the first (:func:`cover3d.transforms.affine_align`, as ``InterSubjectPseudoPairs`` does): the kept fraction, the
+  median residual (no truth exists there) and the intensity correlation of the two patches.
 
 From the repository root (a minute on one CPU thread)::
 
@@ -30,6 +31,7 @@ from monai.transforms import ResizeWithPadOrCrop
 
 from cover3d.engine import cycle_consistent_field, fixed_pairs
 from cover3d.metrics import endpoint_error
+from cover3d.transforms import affine_align
 
 
 def main() -> None:
@@ -68,18 +70,25 @@ def main() -> None:
         print("synthetic", threshold, synthetic[str(threshold)], flush=True)
 
     crop = ResizeWithPadOrCrop(config["patch_size"])
-    subjects = [torch.as_tensor(crop(volumes[i]["image"]))[None] for i in range(min(args.subjects, len(volumes)))]
-    inter = {str(t): {"kept_fraction": 0.0, "median_residual": 0.0} for t in args.thresholds}
+    subjects = [torch.as_tensor(volumes[i]["image"]).float() for i in range(min(args.subjects, len(volumes)))]
     combos = list(itertools.permutations(range(len(subjects)), 2))
-    for i, j in combos:
-        for threshold in args.thresholds:
-            result = cycle_consistent_field(network, subjects[i].float(), subjects[j].float(), threshold)
-            inter[str(threshold)]["kept_fraction"] += float(result["mask"].mean()) / len(combos)
-            inter[str(threshold)]["median_residual"] += float(result["residual"].median()) / len(combos)
-    print("inter-subject", inter, flush=True)
+    inter: dict = {"pairs": len(combos)}
+    for alignment in ("none", "affine"):
+        rows = {str(t): {"kept_fraction": 0.0, "median_residual": 0.0} for t in args.thresholds}
+        similarity = 0.0
+        for i, j in combos:
+            moving = affine_align(subjects[j], subjects[i]) if alignment == "affine" else subjects[j]
+            a, b = (torch.as_tensor(crop(v))[None].float() for v in (subjects[i], moving))
+            similarity += float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) / len(combos)
+            for threshold in args.thresholds:
+                result = cycle_consistent_field(network, a, b, threshold)
+                rows[str(threshold)]["kept_fraction"] += float(result["mask"].mean()) / len(combos)
+                rows[str(threshold)]["median_residual"] += float(result["residual"].median()) / len(combos)
+        inter[alignment] = {"ncc": similarity, **rows}
+        print("inter-subject, alignment", alignment, inter[alignment], flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"weights": str(args.weights), "settings": args.set, "synthetic_pairs": synthetic,
-                                             "inter_subject_pairs": {"pairs": len(combos), **inter}}, indent=2) + "\n")  # fmt: skip
+                                             "inter_subject_pairs": inter}, indent=2) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":
