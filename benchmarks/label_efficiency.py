@@ -57,6 +57,8 @@ MODES = {  # mode -> (uses the pretrained weights, backbone frozen)
     "probe": (True, True),
 }
 DEFAULT_OVERLAY = REPO / "bundles" / "cover_seg" / "converged.json"
+
+
 def parse_assignments(items: Sequence[str]) -> dict:
     """``["key=value", ...]`` -> dict; values parsed as JSON when possible (``patch_size=[48,48,32]``), else strings."""
     settings = {}

@@ -14,7 +14,6 @@ each setting that will not work. Own options: ``--dryrun_volumes`` (volumes read
 from __future__ import annotations
 
 import copy
-import json
 import math
 import statistics
 import time

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cover3d.engine import cycle_consistent_field, effective_rank, feature_health, loss_inputs, scalar_outputs
-from cover3d.fields import compose_fields, warp
+from cover3d.fields import warp
 from cover3d.losses import (
     ContrastiveLoss,
     CoverLoss,

@@ -89,6 +89,21 @@ def test_segnet_shapes_and_frozen_backbone():
     assert trainable.backbone.conv_0.conv_0.conv.weight.grad is not None
 
 
+def test_backbone_learning_rate_scale_reaches_the_bundles_optimizer():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "train.json"))
+    parser.update({"channels": list(TINY_CHANNELS), "learning_rate": 0.01, "backbone_lr_scale": 0.1, "device": "cpu"})
+    optimizer = parser.get_parsed_content("optimizer")
+    network = parser.get_parsed_content("network")
+    backbone, head = optimizer.param_groups
+    assert backbone["lr"] == pytest.approx(0.001) and head["lr"] == 0.01
+    assert len(backbone["params"]) == len(list(network.backbone.parameters())) and len(head["params"]) == 2
+    frozen = CoverSegNet(1, 2, TINY_CHANNELS, freeze_backbone=True).parameter_groups(0.01, 0.1)
+    assert [len(g["params"]) for g in frozen] == [2]  # frozen backbone: the head alone
+
+
 def test_bundle_configs_agree():
     """The three configs define the network, preprocessing and data settings identically."""
     names = ("train.json", "evaluate.json", "inference.json")

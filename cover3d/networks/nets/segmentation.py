@@ -50,6 +50,13 @@ class CoverSegNet(nn.Module):
         self.freeze_backbone = freeze_backbone
         self.backbone.requires_grad_(not freeze_backbone)
 
+    def parameter_groups(self, learning_rate: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+        """Optimizer parameter groups: the trainable backbone parameters at ``learning_rate * backbone_lr_scale``
+        (none when frozen), the head at ``learning_rate``; a LambdaLR schedule scales both alike."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        groups = [{"params": backbone, "lr": learning_rate * backbone_lr_scale}] if backbone else []
+        return groups + [{"params": list(self.head.parameters()), "lr": learning_rate}]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             features = self.backbone(x)[-1]
