@@ -103,7 +103,7 @@ def feature_probe_table() -> str:
     """``feature_probe/*.json`` (benchmarks/feature_probe.py): its own markdown report."""
     from feature_probe import markdown_report
 
-    names = ("untrained_seed0", "cover_mri_default", "cover_mri_pool_2mm")
+    names = ("untrained_seed0", "cover_mri_default", "cover_mri_default_foreground", "cover_mri_pool_2mm")
     paths = [RESULTS / "feature_probe" / f"{name}.json" for name in names]
     return markdown_report([json.loads(p.read_text()) for p in paths if p.is_file()])
 
