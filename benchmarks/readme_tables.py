@@ -86,8 +86,9 @@ def label_efficiency(folder: str) -> str:
         others = sorted({m for m, size in summary if size == n and m != "scratch"}) or ["-"]
         for mode in others:
             p = paired.get((mode, n))
-            diff = (f"{float(p['dice_diff_mean']):+.3f} [{float(p['dice_diff_t95_low']):+.3f}, "
-                    f"{float(p['dice_diff_t95_high']):+.3f}]" if p else "-")
+            low, high = (float(p[f"dice_diff_t95_{side}"]) for side in ("low", "high")) if p else (0.0, 0.0)
+            interval = f"[{low:+.3f}, {high:+.3f}]" if low == low else "(one seed: no interval)"  # NaN with one seed
+            diff = f"{float(p['dice_diff_mean']):+.3f} {interval}" if p else "-"
             boot = f"[{float(p['dice_diff_boot95_low']):+.3f}, {float(p['dice_diff_boot95_high']):+.3f}]" if p else "-"
             hd95 = " / ".join(f"{float(summary[(m, n)]['hd95_mm_mean']):.1f}" if (m, n) in summary else "-"
                               for m in ("scratch", mode))
