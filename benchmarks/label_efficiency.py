@@ -4,11 +4,11 @@ for several numbers of labelled training volumes and several seeds.
 Every run is the ``cover_seg`` bundle run in this process: ``train.json`` + ``no_validation.json`` (fixed
 iteration budget, final weights, no validation data) + ``--overlay`` (default ``converged.json``: the setting and
 budget with which scratch training on every labelled left-atrium volume converges, chosen on the pool's validation
-list) on a subset of the pool, then ``evaluate.json`` on the test datalist with the same voxel size and window. For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every
-mode trains on the same subset with the same seed, so modes are compared pair by pair. Runs already finished
-in ``--output`` are reused, so an interrupted protocol resumes where it stopped, also from committed results (each
-run's ``eval/*.csv`` files are tracked, its weights are not); the tables cover every finished run in ``--output``,
-so several invocations (other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in
+list) on a subset of the pool, then ``evaluate.json`` on the test datalist with the same voxel size and window.
+For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every mode trains on the
+same subset with the same seed, so modes are compared pair by pair. Runs already finished in ``--output`` are
+reused, so an interrupted protocol resumes where it stopped, also from committed results (each run's ``eval/*.csv``
+files are tracked, its weights are not); the tables cover every finished run in ``--output``, so several invocations (other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in
 ``--output`` records the setting; an invocation with another setting is refused.
 
 Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder: models, runs, eval),
@@ -22,15 +22,15 @@ volume, 2 per iteration), 800 iterations per run, sizes 2/4/8/16/all(60), seeds 
 pretrained = 30 runs. Measured per run on this 2-core machine with one other job beside it: about 9 minutes of
 training and 15 s of evaluation, so split the protocol over sessions and cores, e.g. from the repository root::
 
-    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \
-        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \
-        --pretrained-weights weights/cover_mri_pool_2mm/model.pt --modes scratch --sizes 2 4 \
+    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \\
+        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
+        --pretrained-weights weights/cover_mri_pool_2mm/model.pt --modes scratch --sizes 2 4 \\
         --output benchmarks/results/label_efficiency_la
 
 (and ``--modes pretrained`` in another process with the same ``--output``). The weights must come from a
 pretraining run with the same voxel size and widths, or pretrain on the pool's images first::
 
-    ... --pretrain-config bundles/cover_mri/train.json --pretrain-set epochs=50 "patch_size=[48,48,32]" \
+    ... --pretrain-config bundles/cover_mri/train.json --pretrain-set epochs=50 "patch_size=[48,48,32]" \\
         "context_size=[64,64,48]"
 
 On a GPU, raise the budget and patch size, e.g. ``--epochs 50 --set patch_size=[96,96,32]``.

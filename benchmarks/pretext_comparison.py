@@ -19,7 +19,7 @@ Every stage reuses what is finished, so the comparison resumes where it stopped 
 pretext at the default 400 iterations, a probe about 10 min, a fine-tune about 10 min on one CPU thread). Writes
 ``--output/results.json``, ``--output/comparison.png`` and prints a table. From the repository root::
 
-    python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \
+    python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \\
         --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json
 """
 

@@ -30,7 +30,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import ResizeWithPadOrCrop
 
 from cover3d.engine import cycle_consistent_field, fixed_pairs
-from cover3d.metrics import endpoint_error
+from cover3d.metrics import endpoint_error, global_ncc
 from cover3d.transforms import affine_align
 
 
@@ -79,7 +79,7 @@ def main() -> None:
         for i, j in combos:
             moving = affine_align(subjects[j], subjects[i]) if alignment == "affine" else subjects[j]
             a, b = (torch.as_tensor(crop(v))[None].float() for v in (subjects[i], moving))
-            similarity += float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) / len(combos)
+            similarity += global_ncc(a, b) / len(combos)
             for threshold in args.thresholds:
                 result = cycle_consistent_field(network, a, b, threshold)
                 rows[str(threshold)]["kept_fraction"] += float(result["mask"].mean()) / len(combos)

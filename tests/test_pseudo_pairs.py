@@ -12,6 +12,7 @@ from test_bundles import REPO, TINY, bundle
 from cover3d.data import InterSubjectPseudoPairs, MixedPairs, StreamDataset
 from cover3d.engine import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError
+from cover3d.metrics import global_ncc
 from cover3d.networks import CoverNet
 from cover3d.transforms import CoverPaird, affine_align
 
@@ -32,16 +33,12 @@ def subject(shape, shift=(0.0, 0.0, 0.0), scale=1.0) -> torch.Tensor:
     return (0.8 * outer + 0.2 * blob(shape, inner, [scale * 0.1 * s for s in shape]))[None]
 
 
-def ncc(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
-
-
 def test_affine_align_recovers_a_shifted_scaled_subject():
     fixed = subject((48, 40, 32))
     moving = subject((48, 40, 32), shift=(4.0, -3.0, 2.0), scale=1.12)
     aligned = affine_align(moving, fixed)
     assert aligned.shape == fixed.shape
-    before, after = ncc(moving, fixed), ncc(aligned, fixed)
+    before, after = global_ncc(moving, fixed), global_ncc(aligned, fixed)
     assert before < 0.7 and after > 0.93, (before, after)
 
 
