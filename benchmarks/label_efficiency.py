@@ -8,8 +8,9 @@ list) on a subset of the pool, then ``evaluate.json`` on the test datalist with 
 For a seed, the subsets are nested (the first n of one seeded shuffle of the pool) and every mode trains on the
 same subset with the same seed, so modes are compared pair by pair. Runs already finished in ``--output`` are
 reused, so an interrupted protocol resumes where it stopped, also from committed results (each run's ``eval/*.csv``
-files are tracked, its weights are not); the tables cover every finished run in ``--output``, so several invocations (other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in
-``--output`` records the setting; an invocation with another setting is refused.
+files are tracked, its weights are not); the tables cover every finished run in ``--output``, so several invocations
+(other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in ``--output`` records the
+setting; an invocation with another setting is refused.
 
 Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder: models, runs, eval),
 ``results.csv`` (one row per run), ``summary.csv`` (mean and std per mode and size), ``paired.csv`` (per mode and
