@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,6 +82,40 @@ def test_multi_gpu_overlay_runs_the_bundles_own_initialisation(name):
     assert overlay[0].startswith("$dist.is_initialized() or dist.init_process_group(")
     rank_zero_only = " if dist.get_rank() == 0 else None"
     assert [step.replace(rank_zero_only, "").replace("@network.module", "@network") for step in overlay[2:]] == base
+
+
+def _handler_names(train: dict, value, rank: int) -> list[str]:
+    """The handlers ``value`` (a train-section entry: a list, an ``@train#...`` reference or a ``$`` expression over
+    such lists) stands for on ``rank``, each named ``<list>[<index>]`` or by what it constructs."""
+    if isinstance(value, list):
+        raise TypeError("expected a reference to a handler list")
+    if value.startswith("@train#"):
+        key = value[len("@train#"):]
+        entry = train[key]
+        return [f"{key}[{i}]" for i in range(len(entry))] if isinstance(entry, list) else _handler_names(train, entry, rank)
+    expression = re.sub(r"@train#(\w+)", lambda m: repr(_handler_names(train, "@train#" + m[1], rank)), value[1:])
+    expression = expression.replace("[ce.AverageLossGradients(@loss)]", "['AverageLossGradients']")
+    return eval(expression, {"dist": SimpleNamespace(get_rank=lambda: rank)})  # noqa: S307 - the bundle's own text
+
+
+@pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
+def test_multi_gpu_overlay_chooses_rank_handlers_by_name(name):
+    """Rank 0 runs every handler of the single-process bundle; the other ranks only those every rank needs
+    (checkpoint resume, the sampler's epoch, the LR schedule). The lists are named in train.json, so adding a
+    handler cannot silently move one across ranks the way slicing by position did."""
+    train = json.loads((REPO / "bundles" / name / "train.json").read_text())["train"]
+    overlay = json.loads((REPO / "bundles" / name / "multi_gpu_train.json").read_text())
+    every_rank = [h if isinstance(h, str) else h["_target_"] for h in train["every_rank_handlers"]]
+    assert every_rank == ["cover3d.engine.TrainingCheckpoints", "@train#sampler", "LrScheduleHandler"]
+    single = _handler_names(train, train["trainer"]["train_handlers"], rank=0)
+    extra = ["AverageLossGradients"] if name != "cover_seg" else []  # pretext heads live outside DDP
+    ddp = {rank: _handler_names(train, overlay["train#trainer#train_handlers"], rank) for rank in (0, 1)}
+    assert ddp[0] == extra + single
+    assert ddp[1] == extra + [f"every_rank_handlers[{i}]" for i in range(3)]
+    assert not any(re.search(r"#\d+(#|$)", key) for key in overlay)  # no override addresses a handler by position
+    if name != "cover_seg":
+        assert train["field_validation"]["_target_"] == "cover3d.engine.FieldValidation"
+        assert overlay["train#field_validation#network"] == "$@network.module"
 
 
 def _average_in_process(rank: int, store: str, results) -> None:
