@@ -14,7 +14,7 @@ from cover3d.engine import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError
 from cover3d.metrics import global_ncc
 from cover3d.networks import CoverNet
-from cover3d.transforms import CoverPaird, affine_align
+from cover3d.transforms import CoverPaird, affine_align, foreground_mask
 
 CHANNELS = (4, 4, 8, 8, 8)
 
@@ -80,6 +80,21 @@ def test_pseudo_pairs_are_the_teachers_cycle_consistent_fields_and_batch_with_sy
     got = mixed[p]  # a synthetic draw is seeded as in a stream without the extras
     synthetic.transform.set_random_state(seed=int(np.random.SeedSequence([1, p]).generate_state(1)[0]))
     assert torch.equal(torch.as_tensor(got["ddf"]), torch.as_tensor(synthetic[0]["ddf"]))
+
+
+def test_pseudo_pairs_follow_the_pair_transforms_background_mask(tmp_path):
+    """With ``mask_background`` the pseudo-targets, like the synthetic ones, skip view b's background (here the zero
+    padding around the subjects), and keep the cycle-consistent foreground voxels the plain pairs keep."""
+    network, weights, plain_pair, volumes = pseudo_setup(tmp_path)
+    masked_pair = CoverPaird("image", patch_size=(32, 32, 16), context_size=(40, 40, 24), reach=network.reach,
+                             background_threshold=0.05, mask_background=True)
+    plain = InterSubjectPseudoPairs(volumes, network, str(weights), plain_pair, num_pairs=2, threshold=1e6, seed=3)
+    masked = InterSubjectPseudoPairs(volumes, network, str(weights), masked_pair, num_pairs=2, threshold=1e6, seed=3)
+    for p, m in zip(plain, masked):
+        foreground = foreground_mask(m["image_b"], 0.05).float()
+        assert 0 < foreground.mean() < 0.9 and torch.equal(m["mask"], p["mask"] * foreground)
+        assert m["foreground_fraction"] == 1.0 and p["foreground_fraction"] < 0.9
+    assert masked.kept_fraction < plain.kept_fraction
 
 
 def test_missing_teacher_weights_is_a_clear_error(tmp_path):

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from cover3d.engine.pseudo_fields import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError, InputValueError
 from cover3d.transforms.alignment import affine_align
-from cover3d.transforms.pair import CoverPaird, foreground_fraction, fraction_within_reach
+from cover3d.transforms.pair import CoverPaird, foreground_fraction, foreground_mask, fraction_within_reach
 
 __all__ = ["InterSubjectPseudoPairs", "MixedPairs"]
 
@@ -31,7 +31,8 @@ class InterSubjectPseudoPairs(Dataset):
     (:func:`~cover3d.transforms.affine_align`), both are centre-cropped or padded to the pair transform's
     ``patch_size`` (so foreground-centred), then :func:`~cover3d.engine.cycle_consistent_field` of the teacher
     (a copy of ``network`` with ``teacher_weights`` loaded) predicts both directions and keeps the voxels whose cycle
-    residual is ``<= threshold`` voxels. Items have the keys and shapes of ``pair_transform``'s
+    residual is ``<= threshold`` voxels (and, when the pair transform has ``mask_background``, whose view b voxel is
+    above its ``background_threshold``, as for the synthetic pairs). Items have the keys and shapes of ``pair_transform``'s
     (:class:`~cover3d.transforms.CoverPaird`) output: ``image`` (view a), ``image_b``, ``ddf`` (voxels, the pseudo
     target), ``mask`` (kept voxels), and its reach / foreground fractions when it computes them, so they batch with
     synthetic pairs. Everything is computed once, here (two teacher forwards per pair); ``kept_fraction`` is the
@@ -68,7 +69,10 @@ class InterSubjectPseudoPairs(Dataset):
             moving = affine_align(torch.as_tensor(volumes[j]["image"]).float(), fixed, seed=int(rng.integers(2**31)))
             image_a, image_b = (torch.as_tensor(crop(v)).float().to(device)[None] for v in (fixed, moving))
             field = cycle_consistent_field(teacher, image_a, image_b, threshold)
-            self.items.append(self._item(pair_transform, image_a[0], image_b[0], field["ddf"][0], field["mask"][0]))
+            mask = field["mask"][0]
+            if pair_transform.pair.mask_background:  # as for the synthetic pairs: no target on view b's background
+                mask = mask * foreground_mask(image_b[0], pair_transform.pair.background_threshold)
+            self.items.append(self._item(pair_transform, image_a[0], image_b[0], field["ddf"][0], mask))
         self.kept_fraction = float(np.mean([float(item[pair_transform.mask_key].mean()) for item in self.items]))
         logger.info(f"{len(self.items)} inter-subject pseudo-pairs from {teacher_weights}: "
                     f"{100 * self.kept_fraction:.1f}% of the voxels kept (cycle residual <= {threshold} voxels)")

@@ -1,7 +1,7 @@
 from cover3d.transforms.alignment import affine_align
 from cover3d.transforms.appearance import appearance_augmentation
 from cover3d.transforms.deformation import RandDeformationField, affine_matrix, smooth_deformation_field
-from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, foreground_fraction, fraction_within_reach
+from cover3d.transforms.pair import CoverPair, CoverPaird, PairSample, foreground_fraction, foreground_mask, fraction_within_reach
 from cover3d.transforms.presets import ct_preprocessing, mri_preprocessing
 from cover3d.transforms.restoration import genesis_corruption
 from cover3d.transforms.validate import CheckVolumed
@@ -16,6 +16,7 @@ __all__ = [
     "appearance_augmentation",
     "ct_preprocessing",
     "foreground_fraction",
+    "foreground_mask",
     "fraction_within_reach",
     "genesis_corruption",
     "mri_preprocessing",

@@ -19,7 +19,7 @@ from monai.utils import MAX_SEED, convert_to_tensor, ensure_tuple, ensure_tuple_
 from cover3d.transforms.appearance import appearance_augmentation
 from cover3d.transforms.deformation import RandDeformationField
 
-__all__ = ["PairSample", "CoverPair", "CoverPaird", "foreground_fraction", "fraction_within_reach"]
+__all__ = ["PairSample", "CoverPair", "CoverPaird", "foreground_fraction", "foreground_mask", "fraction_within_reach"]
 
 
 class PairSample(NamedTuple):
@@ -60,10 +60,10 @@ def foreground_fraction(image: torch.Tensor, mask: torch.Tensor, threshold: floa
     count = valid.sum()
     if count == 0:
         return float("nan")
-    return float((_foreground(image, threshold) & valid).sum() / count)
+    return float((foreground_mask(image, threshold) & valid).sum() / count)
 
 
-def _foreground(image: torch.Tensor, threshold: float) -> torch.Tensor:
+def foreground_mask(image: torch.Tensor, threshold: float) -> torch.Tensor:
     """``(..., 1, *S)`` bool: some channel of ``image`` ``(..., C, *S)`` is above ``threshold``."""
     return image.amax(dim=-4, keepdim=True) > threshold
 
@@ -149,7 +149,7 @@ class CoverPair(Randomizable, Transform):
         image_a = convert_to_tensor(image_a, dtype=torch.float32, track_meta=False)
         mask = self._mask(ddf)
         if self.mask_background:
-            mask = mask * _foreground(image_b, self.background_threshold)
+            mask = mask * foreground_mask(image_b, self.background_threshold)
         return PairSample(image_a=image_a, image_b=image_b, ddf=ddf, mask=mask)
 
     def _context(self, image: torch.Tensor) -> torch.Tensor:
