@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -383,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--iterations-per-epoch", type=int, help="overrides the overlay's; budget = epochs x this")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
+    parser.add_argument("--start-no-run-after", type=float, metavar="MINUTES",
+                        help="start no new run once this many minutes have passed (the one running finishes; "
+                        "the tables then cover what is done), to fit a share of the protocol into a session")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "label_efficiency"))
     args = parser.parse_args(argv)
@@ -419,12 +423,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     budget = f"{iteration_budget(bundle, overlay, settings)} iterations per run"
     print(f"label efficiency: pool {len(pool)} volumes, sizes {sizes}, seeds {args.seeds}, modes {args.modes}; "
           f"{budget}; overlays {[o.name for o in overlays]}, overrides {settings}")
-    for n in sizes:
-        for seed in args.seeds:
-            subset = nested_subset(pool, n, seed)
-            for mode in args.modes:
-                run_one(bundle, output / "runs" / f"{mode}_n{n}_seed{seed}", mode, subset, seed, args, overlays,
-                        settings, evaluation, weights_path)
+    planned = list(itertools.product(sizes, args.seeds, args.modes))
+    deadline = None if args.start_no_run_after is None else time.monotonic() + 60 * args.start_no_run_after
+    for index, (n, seed, mode) in enumerate(planned):
+        run_dir = output / "runs" / f"{mode}_n{n}_seed{seed}"
+        if deadline is not None and time.monotonic() > deadline and not (run_dir / "eval" / "metrics.csv").is_file():
+            print(f"--start-no-run-after {args.start_no_run_after} min reached: {len(planned) - index} planned runs "
+                  "left to a later invocation")
+            break
+        run_one(bundle, run_dir, mode, nested_subset(pool, n, seed), seed, args, overlays, settings, evaluation,
+                weights_path)
     rows, run_dirs = finished_runs(output)
     for row in rows:
         print(f"  {row['mode']:10s} n={row['n_labelled']:3d} seed={row['seed']}: Dice {row['dice']:.4f}")

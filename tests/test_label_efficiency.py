@@ -110,6 +110,10 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     with open(output / "results.csv", newline="") as f:
         assert [r["dice"] for r in csv.DictReader(f)] == [r["dice"] for r in rows]
 
+    stopped = run("scratch", "--sizes", "1", "2", "all", "--start-no-run-after", "0")  # finished runs still count
+    assert stopped.returncode == 0 and "2 planned runs left to a later invocation" in stopped.stdout, stopped.stdout
+    assert not (runs / "scratch_n2_seed0").exists() and "SupervisedTrainer" not in stopped.stdout + stopped.stderr
+
     other = run("scratch", "--set", "learning_rate=0.02")  # another setting must not mix into these results
     assert other.returncode == 2 and "holds runs of another setting (settings differ" in other.stderr, other.stderr
 
