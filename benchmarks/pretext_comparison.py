@@ -13,11 +13,13 @@ Each pretext is the ``cover_mri`` bundle with one overlay (``train.json`` alone 
   ``--pool`` and seeds ``--seeds`` -> ``--output/probe/<pretext>.json``;
 - stage ``finetune``: ``label_efficiency.py`` (converged budget) with ``--finetune-sizes`` labelled volumes and
   the same seeds, modes scratch and pretrained -> ``--output/finetune/<pretext>/``; the scratch runs are trained
-  once (``--output/finetune/scratch``) and linked into every pretext's folder, so each pretext is paired with them.
+  once (``--output/finetune/scratch``, or reused from another protocol's folder with ``--scratch-output``) and
+  linked into every pretext's folder, so each pretext is paired with them.
 
 Every stage reuses what is finished, so the comparison resumes where it stopped (pretraining about 15 min per
 pretext at the default 400 iterations, a probe about 10 min, a fine-tune about 10 min on one CPU thread). Writes
-``--output/results.json``, ``--output/comparison.png`` and prints a table. From the repository root::
+``--output/results.json`` (one row per pretext; invocations with other ``--pretexts`` may run beside each other, one
+per core, once the scratch runs exist), ``--output/comparison.png`` and prints a table. From the repository root::
 
     python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \\
         --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +48,7 @@ from monai.transforms import Compose, DivisiblePadd
 from monai.utils import set_determinism
 
 from cover3d.data import load_datalist
+from cover3d.engine import write_json_atomic
 from cover3d.losses import gather_voxels, sample_voxel_indices
 from cover3d.transforms import mri_preprocessing
 
@@ -100,14 +104,14 @@ def finetune_stage(args: argparse.Namespace, name: str, weights: Path, output: P
     """Fine-tune from ``weights`` vs the shared scratch runs; the paired rows of ``paired.csv`` and the summary."""
     common = ["--dataset-dir", args.dataset_dir, "--pool", args.pool, "--test", args.test,
               "--sizes", *args.finetune_sizes, "--seeds", *map(str, args.seeds)]  # fmt: skip
-    scratch = output / "finetune" / "scratch"
+    scratch = Path(args.scratch_output) if args.scratch_output else output / "finetune" / "scratch"
     label_efficiency([*common, "--modes", "scratch", "--output", str(scratch)])
     folder = output / "finetune" / name
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     for run in sorted((scratch / "runs").glob("scratch_*")):
         link = folder / "runs" / run.name
         if not link.exists():
-            link.symlink_to(Path("..", "..", "scratch", "runs", run.name))
+            link.symlink_to(os.path.relpath(run, link.parent))
     label_efficiency([*common, "--modes", "scratch", "pretrained", "--pretrained-weights", str(weights),
                       "--output", str(folder)])
     with open(folder / "summary.csv", newline="") as f:
@@ -120,6 +124,17 @@ def finetune_stage(args: argparse.Namespace, name: str, weights: Path, output: P
                                "diff": float(p["dice_diff_mean"]), "diff_t95": [float(p["dice_diff_t95_low"]),
                                                                                 float(p["dice_diff_t95_high"])]}
             for n, p in paired.items()}  # fmt: skip
+
+
+def record_row(results_file: Path, setting: dict, name: str, row: dict) -> dict:
+    """Store one pretext's row in ``results_file``, re-read first so that invocations running other pretexts
+    beside this one (one per core) keep theirs; returns the whole file's content."""
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"pretexts": {}}
+    results["setting"] = setting
+    results["pretexts"][name] = row
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results, results_file)
+    return results
 
 
 def plot(results: dict, path: Path) -> None:
@@ -165,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--probe-sizes", nargs="+", default=["4"], help="labelled volumes of the frozen probe")
     parser.add_argument("--finetune-sizes", nargs="+", default=["4"], help="labelled volumes of the fine-tune")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scratch-output", help="label_efficiency.py folder of the scratch fine-tunes (default "
+                        "--output/finetune/scratch); e.g. benchmarks/results/label_efficiency_la reuses its runs")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretext_comparison"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -208,9 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             row.update(probe_stage(args, name, weights, output))
         if "finetune" in args.stages:
             row.update(finetune_stage(args, name, weights, output))
-        results["pretexts"][name] = row
-        output.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
+        results = record_row(results_file, results["setting"], name, row)
     print(markdown_table(results["pretexts"]))
     plot(results["pretexts"], output / "comparison.png")
     return results

@@ -48,7 +48,8 @@ def fake_label_efficiency(trained: list[str], dice: dict[str, float]):
 def test_scratch_runs_are_trained_once_and_linked_into_every_pretext(tmp_path, monkeypatch):
     trained: list[str] = []
     monkeypatch.setattr(pc, "label_efficiency", fake_label_efficiency(trained, {"scratch": 0.6, "cover": 0.7, "infonce": 0.65}))
-    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0, 1])
+    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0, 1],
+                              scratch_output=None)
     rows = {}
     for name in ("cover", "infonce"):
         weights = tmp_path / name / "model.pt"
@@ -62,3 +63,22 @@ def test_scratch_runs_are_trained_once_and_linked_into_every_pretext(tmp_path, m
     table = pc.markdown_table({"cover": {"epe": 2.5, "epe_identity": 6.4, **rows["cover"],
                                          "probe_full_n4": {"dice": 0.41, "auc": 0.9, "seeds": 2}}}).splitlines()
     assert table[2] == "| cover | 2.50 (6.40) | - | - / - | 0.410 (-) | 0.700 | +0.100 [-0.010, +0.050] |"
+
+
+def test_scratch_runs_of_another_protocol_are_linked_and_rows_merge(tmp_path, monkeypatch):
+    trained: list[str] = []
+    monkeypatch.setattr(pc, "label_efficiency", fake_label_efficiency(trained, {"scratch": 0.6, "cover": 0.7}))
+    (tmp_path / "protocol" / "runs" / "scratch_n4_seed0").mkdir(parents=True)  # finished elsewhere
+    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0],
+                              scratch_output=str(tmp_path / "protocol"))
+    weights = tmp_path / "cover" / "model.pt"
+    weights.parent.mkdir()
+    pc.finetune_stage(args, "cover", weights, tmp_path / "out")
+    assert trained == ["cover/pretrained_n4_seed0"]  # the scratch run is reused, not retrained
+    link = tmp_path / "out" / "finetune" / "cover" / "runs" / "scratch_n4_seed0"
+    assert link.is_symlink() and link.resolve() == tmp_path / "protocol" / "runs" / "scratch_n4_seed0"
+
+    results = tmp_path / "out" / "results.json"  # two invocations (one per core) each add their own pretext
+    pc.record_row(results, {"epochs": 10}, "cover", {"epe": 2.0})
+    merged = pc.record_row(results, {"epochs": 10}, "infonce", {"epe": 5.0})
+    assert merged["pretexts"] == {"cover": {"epe": 2.0}, "infonce": {"epe": 5.0}}
