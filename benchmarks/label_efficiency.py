@@ -9,7 +9,8 @@ For a seed, the subsets are nested (the first n of one seeded shuffle of the poo
 same subset with the same seed, so modes are compared pair by pair. Runs already finished in ``--output`` are
 reused, so an interrupted protocol resumes where it stopped, also from committed results (each run's ``eval/*.csv``
 files are tracked, its weights are not); the tables cover every finished run in ``--output``, so several invocations
-(other sizes, seeds or modes, one per core) fill one protocol. ``settings.json`` in ``--output`` records the
+fill one protocol: the same command on each core (a run is claimed by the invocation that starts it) or other sizes,
+seeds or modes. ``settings.json`` in ``--output`` records the
 setting; an invocation with another setting is refused.
 
 Outputs in ``--output``: ``runs/<mode>_n<N>_seed<S>/`` (each run's bundle folder: models, runs, eval),
@@ -28,7 +29,7 @@ training and 15 s of evaluation, so split the protocol over sessions and cores, 
         --pretrained-weights weights/cover_mri_pool_2mm/model.pt --modes scratch --sizes 2 4 \\
         --output benchmarks/results/label_efficiency_la
 
-(and ``--modes pretrained`` in another process with the same ``--output``). The weights must come from a
+(the same command, or ``--modes pretrained``, in another process with the same ``--output``). The weights must come from a
 pretraining run with the same voxel size and widths, or pretrain on the pool's images first::
 
     ... --pretrain-config bundles/cover_mri/train.json --pretrain-set epochs=50 "patch_size=[48,48,32]" \\
@@ -182,11 +183,33 @@ def run_one(
     bundle: Path, run_dir: Path, mode: str, subset: list[dict], seed: int, args: argparse.Namespace,
     overlays: Sequence[Path], settings: dict, evaluation: dict, weights: Path | None,
 ) -> None:
-    """Train one mode on one subset and evaluate it on the test datalist (skipped when already evaluated)."""
+    """Train one mode on one subset and evaluate it on the test datalist (skipped when already evaluated, or while
+    another invocation holds the run: each run is claimed with a lock on its folder, so several invocations of the
+    same protocol, one per core, share its runs)."""
+    from cover3d.engine import RunLock, RunLockedError
+
     uses_weights, frozen = MODES[mode]
     if (run_dir / "eval" / "metrics.csv").is_file():
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = RunLock(run_dir)
+    try:
+        claim.acquire()
+    except RunLockedError:
+        print(f"{run_dir.name}: running in another invocation, skipped here")
+        return
+    try:
+        if not (run_dir / "eval" / "metrics.csv").is_file():  # another invocation may have finished it meanwhile
+            train_and_evaluate(bundle, run_dir, uses_weights, frozen, subset, seed, args, overlays, settings,
+                               evaluation, weights)
+    finally:
+        claim.release()
+
+
+def train_and_evaluate(
+    bundle: Path, run_dir: Path, uses_weights: bool, frozen: bool, subset: list[dict], seed: int,
+    args: argparse.Namespace, overlays: Sequence[Path], settings: dict, evaluation: dict, weights: Path | None,
+) -> None:
+    """One run of :func:`run_one`: the subset's datalist, training, evaluation and the training time."""
     datalist = run_dir / "datalist.json"
     datalist.write_text(json.dumps({"training": subset}, indent=2) + "\n")
     start = time.monotonic()

@@ -148,3 +148,22 @@ def test_paired_statistics_intervals_and_per_class_dice(tmp_path):
     assert paired["hd95_mm_diff_mean"] == pytest.approx(1.5)
     assert paired["scratch_dice_class0"] == pytest.approx(0.5) and paired["mode_dice_class1"] == pytest.approx(0.85)
     assert "+0.150 [" in le.format_paired_table([paired])
+
+
+def test_a_run_held_by_another_invocation_is_skipped(tmp_path, monkeypatch):
+    """Several invocations of one protocol (one per core) share its runs: each run is claimed with a lock."""
+    from cover3d.engine import RunLock
+
+    trained = []
+    monkeypatch.setattr(le, "train_and_evaluate", lambda bundle, run_dir, *rest: trained.append(run_dir.name))
+    busy, free = tmp_path / "runs" / "scratch_n2_seed0", tmp_path / "runs" / "scratch_n2_seed1"
+    other = RunLock(busy)  # stands for the other invocation, training that run now
+    other.acquire()
+    try:
+        for run_dir in (busy, free):
+            le.run_one(tmp_path, run_dir, "scratch", [], 0, None, [], {}, {}, None)
+    finally:
+        other.release()
+    assert trained == ["scratch_n2_seed1"]
+    le.run_one(tmp_path, busy, "scratch", [], 0, None, [], {}, {}, None)  # released: now it runs here
+    assert trained == ["scratch_n2_seed1", "scratch_n2_seed0"]
