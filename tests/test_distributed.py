@@ -95,7 +95,7 @@ def _handler_names(train: dict, value, rank: int) -> list[str]:
         return [f"{key}[{i}]" for i in range(len(entry))] if isinstance(entry, list) else _handler_names(train, entry, rank)
     expression = re.sub(r"@train#(\w+)", lambda m: repr(_handler_names(train, "@train#" + m[1], rank)), value[1:])
     expression = expression.replace("[ce.AverageLossGradients(@loss)]", "['AverageLossGradients']")
-    return eval(expression, {"dist": SimpleNamespace(get_rank=lambda: rank)})  # noqa: S307 - the bundle's own text
+    return eval(expression, {"dist": SimpleNamespace(get_rank=lambda: rank)})  # the bundle's own text
 
 
 @pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
