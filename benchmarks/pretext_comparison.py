@@ -2,7 +2,10 @@
 
 Each pretext is the ``cover_mri`` bundle with one overlay (``train.json`` alone for COVER), run in this process into
 ``--output/pretrain/<pretext>/`` on ``--pretrain-datalist`` (default: the unlabelled pretraining pool of
-``data_lists/mri_pretraining_pool.json``; reused when its ``models/model.pt`` exists). Then, for the saved weights:
+``data_lists/mri_pretraining_pool.json``; reused when its ``models/model.pt`` exists). ``cover_pseudo`` and
+``cover_pseudo2`` are two refinement rounds with inter-subject pseudo-fields (``pseudo_fields.json``), taught by the
+weights of ``cover`` and then of ``cover_pseudo`` (each round trains from scratch at the same budget; a round is
+skipped until its teacher is pretrained). Then, for the saved weights:
 
 - field end-point error (voxels, valid voxels) of the vector pyramid on fixed seeded pairs of the pretraining
   list's ``validation`` images (only meaningful for the COVER variants: the baselines never train the pyramid);
@@ -34,6 +37,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,18 +56,38 @@ from cover3d.engine import write_json_atomic
 from cover3d.losses import gather_voxels, sample_voxel_indices
 from cover3d.transforms import mri_preprocessing
 
-PRETEXTS = {  # name -> (overlays of bundles/cover_mri, overrides)
-    "cover": ((), {}),  # the bundle default: L_con on spatially centred features
-    "cover_published": ((), {"loss_weights#con_centred": False}),
-    "cover_relloc": (("pretext_relloc.json",), {}),
-    "cover_cycle": (("pretext_cycle.json",), {}),
-    "infonce": (("pretext_infonce.json",), {}),
-    "restoration": (("pretext_restoration.json",), {}),
+class Pretext(NamedTuple):
+    """Overlays of ``bundles/cover_mri``, overrides, and the pretext whose weights teach the inter-subject
+    pseudo-fields (``pseudo_fields.json``; pretrained before this one, whose weights start from scratch)."""
+
+    overlays: tuple[str, ...] = ()
+    overrides: dict = {}
+    teacher: str | None = None
+
+
+PRETEXTS = {
+    "cover": Pretext(),  # the bundle default: L_con on spatially centred features
+    "cover_published": Pretext(overrides={"loss_weights#con_centred": False}),
+    "cover_relloc": Pretext(("pretext_relloc.json",)),
+    "cover_cycle": Pretext(("pretext_cycle.json",)),
+    "cover_pseudo": Pretext(("pseudo_fields.json",), teacher="cover"),  # refinement round 1
+    "cover_pseudo2": Pretext(("pseudo_fields.json",), teacher="cover_pseudo"),  # round 2
+    "infonce": Pretext(("pretext_infonce.json",)),
+    "restoration": Pretext(("pretext_restoration.json",)),
 }
 
 # the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
 PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
 STAGES = ("pretrain", "probe", "finetune")
+
+
+def pretraining_settings(name: str, output: Path, common: dict) -> dict:
+    """Bundle overrides of pretext ``name`` into ``output/pretrain/<name>`` (with its teacher's weights file)."""
+    pretext, run_dir = PRETEXTS[name], output / "pretrain" / name
+    settings = {**common, **pretext.overrides, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
+    if pretext.teacher:
+        settings["pseudo#teacher_weights"] = str(output / "pretrain" / pretext.teacher / "models" / "model.pt")
+    return settings
 
 
 def label_cosines(backbone: torch.nn.Module, volumes: Sequence[dict], num_samples: int = 2048) -> dict[str, float]:
@@ -201,13 +225,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results["setting"] = {k: v for k, v in common.items() if k != "dataset_dir"}
     for name in args.pretexts:
         run_dir = output / "pretrain" / name
-        overlays, overrides = PRETEXTS[name]
+        overlays, overrides, teacher = PRETEXTS[name]
         files = [BUNDLE / "train.json", *(BUNDLE / overlay for overlay in overlays)]
-        settings = {**common, **overrides, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
+        settings = pretraining_settings(name, output, common)
         weights = run_dir / "models" / "model.pt"
         row = results["pretexts"].get(name, {})
         if not weights.is_file():
             if "pretrain" not in args.stages:
+                continue
+            if teacher and not Path(settings["pseudo#teacher_weights"]).is_file():
+                print(f"{name}: skipped, its teacher {teacher!r} is not pretrained yet")
                 continue
             start = time.perf_counter()
             run_bundle(files, **settings)
@@ -220,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             network = config.get_parsed_content("network")
             network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})
-            row.update({"overlays": list(overlays), "overrides": overrides})
+            row.update({"overlays": list(overlays), "overrides": overrides, "teacher": teacher})
         if "probe" in args.stages:
             row.update(probe_stage(args, name, weights, output))
         if "finetune" in args.stages:

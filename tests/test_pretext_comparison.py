@@ -82,3 +82,15 @@ def test_scratch_runs_of_another_protocol_are_linked_and_rows_merge(tmp_path, mo
     pc.record_row(results, {"epochs": 10}, "cover", {"epe": 2.0})
     merged = pc.record_row(results, {"epochs": 10}, "infonce", {"epe": 5.0})
     assert merged["pretexts"] == {"cover": {"epe": 2.0}, "infonce": {"epe": 5.0}}
+
+
+def test_refinement_rounds_are_taught_by_the_previous_rounds_weights(tmp_path):
+    common = {"epochs": 10}
+    cover = pc.pretraining_settings("cover", tmp_path, common)
+    assert cover["ckpt_dir"] == str(tmp_path / "pretrain" / "cover" / "models") and "pseudo#teacher_weights" not in cover
+    names = list(pc.PRETEXTS)
+    for student, teacher in (("cover_pseudo", "cover"), ("cover_pseudo2", "cover_pseudo")):
+        settings = pc.pretraining_settings(student, tmp_path, common)
+        assert settings["pseudo#teacher_weights"] == str(tmp_path / "pretrain" / teacher / "models" / "model.pt")
+        assert pc.PRETEXTS[student].overlays == ("pseudo_fields.json",)
+        assert names.index(teacher) < names.index(student)  # one invocation pretrains the teacher first
