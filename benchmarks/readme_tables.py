@@ -15,7 +15,7 @@ import csv
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -65,9 +65,10 @@ def seg_convergence() -> str:
     return markdown_table(headers, rows)
 
 
-def label_efficiency(folder: str) -> str:
+def label_efficiency(folder: str, class_names: Sequence[str] = ()) -> str:
     """``<folder>/summary.csv`` and ``paired.csv`` (benchmarks/label_efficiency.py): per size, scratch and each
-    other mode, and the paired difference with its two 95 % intervals."""
+    other mode, and the paired difference with its two 95 % intervals; with ``class_names`` (multi-class data) also
+    each class's mean Dice, scratch -> mode."""
     def read(name: str) -> list[dict]:
         path = RESULTS / folder / name
         return list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
@@ -92,12 +93,14 @@ def label_efficiency(folder: str) -> str:
             boot = f"[{float(p['dice_diff_boot95_low']):+.3f}, {float(p['dice_diff_boot95_high']):+.3f}]" if p else "-"
             hd95 = " / ".join(f"{float(summary[(m, n)]['hd95_mm_mean']):.1f}" if (m, n) in summary else "-"
                               for m in ("scratch", mode))
-            rows.append([n, cell("scratch", n), mode, cell(mode, n), diff, boot, hd95])
+            per_class = [", ".join(f"{name} {float(p[f'scratch_dice_class{k}']):.3f} -> {float(p[f'mode_dice_class{k}']):.3f}"
+                                   for k, name in enumerate(class_names)) if p else "-"]  # fmt: skip
+            rows.append([n, cell("scratch", n), mode, cell(mode, n), diff, boot, hd95] + (per_class if class_names else []))
     if not rows:
         return f"(no finished runs in `benchmarks/results/{folder}/` yet)"
     headers = ["n labelled", "scratch Dice (runs)", "mode", "mode Dice (runs)", "mode - scratch [paired t 95 %]",
                "[bootstrap 95 %, seeds x cases]", "HD95 mm scratch / mode"]  # fmt: skip
-    return markdown_table(headers, rows)
+    return markdown_table(headers + (["Dice per class, scratch -> mode"] if class_names else []), rows)
 
 
 def feature_probe_table() -> str:
@@ -112,7 +115,7 @@ def feature_probe_table() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
-    "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc"),
+    "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
     "feature_probe": feature_probe_table,
 }
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)

@@ -56,3 +56,19 @@ def test_label_efficiency_table_pairs_each_mode_with_scratch(tmp_path, monkeypat
                         "[+0.050, +0.150]", "9.0 / 6.5"]
     assert lines[3] == ["4", "0.750 +- 0.000 (1)", "-", "-", "-", "-", "5.0 / -"]  # scratch finished, no pair yet
     assert readme_tables.label_efficiency("missing").startswith("(no finished runs")
+
+
+def test_multi_class_label_efficiency_table_shows_each_class(tmp_path, monkeypatch):
+    folder = tmp_path / "acdc"
+    folder.mkdir()
+    (folder / "summary.csv").write_text(
+        "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std\n"
+        "scratch,2,3,0.6,0.05,9.0,1.0\npretrained,2,3,0.7,0.02,6.5,0.5\n")
+    (folder / "paired.csv").write_text(
+        "mode,n_labelled,seeds,dice_diff_mean,dice_diff_t95_low,dice_diff_t95_high,dice_diff_boot95_low,"
+        "dice_diff_boot95_high,scratch_dice_class0,mode_dice_class0,scratch_dice_class1,mode_dice_class1\n"
+        "pretrained,2,3,0.1,0.02,0.18,0.05,0.15,0.5,0.6,0.7,0.8\n")
+    monkeypatch.setattr(readme_tables, "RESULTS", tmp_path)
+    lines = readme_tables.label_efficiency("acdc", class_names=("RV", "LV")).splitlines()
+    assert "Dice per class, scratch -> mode" in lines[0]
+    assert lines[2].rstrip(" |").endswith("RV 0.500 -> 0.600, LV 0.700 -> 0.800")
