@@ -165,6 +165,19 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def save_table(script: str, args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Store a printed table as ``benchmarks/results/<script's name>.json`` (headers, rows, the machine line and the
+    arguments), which ``readme_tables.py`` renders into the README; ``--quick`` runs are not stored."""
+    if args.quick:
+        return
+    path = Path(__file__).resolve().parent / "results" / f"{Path(script).stem}.json"
+    arguments = {k: v for k, v in vars(args).items() if k != "child"}
+    record = {"machine": machine_line(args), "arguments": arguments, "headers": list(headers),
+              "rows": [list(row) for row in rows]}  # fmt: skip
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"table stored in {path}")
+
+
 def fmt_mib(n: float | None) -> str:
     return "-" if n is None else f"{n / MiB:,.0f}"
 

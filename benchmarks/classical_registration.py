@@ -198,6 +198,19 @@ def evaluate(field: torch.Tensor, pair: dict, spacing: list[float]) -> dict[str,
     }
 
 
+def summary_table(rows: list[dict]) -> str:
+    """Markdown table of the per-pair rows (``method`` and the ``METRICS``, numbers or numeric strings as read back
+    from the CSV): the mean over pairs per method."""
+    table = []
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+        mine = [r for r in rows if r["method"] == method]
+        mean = {key: float(np.mean([float(r[key]) for r in mine])) for key in METRICS}
+        table.append([method, f"{mean['epe_vox']:.2f}", f"{mean['epe_mm']:.2f}", f"{100 * mean['within_1vox']:.1f}",
+                      f"{100 * mean['folding']:.3f}", fmt_s(mean["seconds"])])  # fmt: skip
+    headers = ["method", "EPE (voxels)", "EPE (mm)", "EPE <= 1 voxel (%)", "folding (%)", "seconds / pair"]
+    return markdown_table(headers, table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, help="pretraining bundle folder, e.g. bundles/cover_ct")
@@ -258,14 +271,7 @@ def main() -> None:
         errors = ", ".join(f"{r['method']} {r['epe_vox']:.2f}" for r in rows[-len(METHODS) :])
         print(f"pair {index + 1}/{num_pairs} ({volume}) EPE: {errors}", flush=True)
 
-    table = []
-    for method in METHODS:
-        mine = [r for r in rows if r["method"] == method]
-        mean = {key: float(np.mean([r[key] for r in mine])) for key in METRICS}
-        table.append([method, f"{mean['epe_vox']:.2f}", f"{mean['epe_mm']:.2f}", f"{100 * mean['within_1vox']:.1f}",
-                      f"{100 * mean['folding']:.3f}", fmt_s(mean["seconds"])])  # fmt: skip
-    headers = ["method", "EPE (voxels)", "EPE (mm)", "EPE <= 1 voxel (%)", "folding (%)", "seconds / pair"]
-    print("\nmeans over pairs, valid voxels:\n" + markdown_table(headers, table))
+    print("\nmeans over pairs, valid voxels:\n" + summary_table(rows))
 
     default_output = REPO / "benchmarks" / "results" / f"classical_registration_{bundle.name}.csv"
     output = Path(args.output) if args.output else default_output

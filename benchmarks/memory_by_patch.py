@@ -27,6 +27,7 @@ from _common import (  # noqa: E402
     machine_line,
     markdown_table,
     memory_budget,
+    save_table,
     work_seconds,
     work_unit,
 )
@@ -72,6 +73,7 @@ def main() -> None:
     unit = work_unit(args.device)
     headers = ["patch", "batch", "plain GiB", f"plain step {unit}", "checkpoint_backbone GiB", f"checkpoint_backbone {unit}"]
     print(markdown_table(headers, rows))
+    save_table(__file__, args, headers, rows)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import add_common_arguments, machine_line, markdown_table, shared_data  # noqa: E402
+from _common import add_common_arguments, machine_line, markdown_table, save_table, shared_data  # noqa: E402
 
 from monai.transforms import (  # noqa: E402
     Compose,
@@ -170,6 +170,7 @@ def main() -> None:
     print("cover3d / MONAI: median over repetitions of the ratio of the two interleaved chunks of that repetition")
     headers = ["context", "patch", "pipeline", "cover3d pairs/CPU s", "MONAI pairs/CPU s", "cover3d / MONAI"]
     print(markdown_table(headers, rows))
+    save_table(__file__, args, headers, rows)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from _common import (  # noqa: E402
     machine_line,
     markdown_table,
     paired_ratio,
+    save_table,
     timed,
     work_seconds,
     work_unit,
@@ -166,6 +167,7 @@ def main() -> None:
         "mem / backbone x2",
     ]  # fmt: skip
     print(markdown_table(headers, rows))
+    save_table(__file__, args, headers, rows)
 
 
 if __name__ == "__main__":

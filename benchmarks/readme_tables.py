@@ -112,11 +112,27 @@ def feature_probe_table() -> str:
     return markdown_report([json.loads(p.read_text()) for p in paths if p.is_file()])
 
 
+def stored_table(name: str) -> str:
+    """``<name>.json`` written by a benchmark's ``save_table`` (veu.py, pair_generation.py, ...): its table."""
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    return markdown_table(result["headers"], result["rows"])
+
+
+def classical_registration(bundle: str) -> str:
+    """``classical_registration_<bundle>.csv`` (benchmarks/classical_registration.py): means over its pairs."""
+    from classical_registration import summary_table
+
+    with open(RESULTS / f"classical_registration_{bundle}.csv", newline="") as f:
+        return summary_table(list(csv.DictReader(f)))
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
     "feature_probe": feature_probe_table,
+    **{name: partial(stored_table, name) for name in ("veu", "pair_generation", "pretraining_step", "memory_by_patch")},
+    **{f"classical_registration_{b}": partial(classical_registration, b) for b in ("cover_ct", "cover_mri")},
 }
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
 

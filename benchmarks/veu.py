@@ -33,6 +33,7 @@ from _common import (  # noqa: E402
     markdown_table,
     memory_budget,
     paired_ratio,
+    save_table,
     timed,
     work_seconds,
     work_unit,
@@ -122,6 +123,7 @@ def main() -> None:
         "ref extra MiB", "stream extra MiB", "stream/ref mem", "note",
     ]  # fmt: skip
     print(markdown_table(headers, rows))
+    save_table(__file__, args, headers, rows)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,27 @@ def test_multi_class_label_efficiency_table_shows_each_class(tmp_path, monkeypat
     lines = readme_tables.label_efficiency("acdc", class_names=("RV", "LV")).splitlines()
     assert "Dice per class, scratch -> mode" in lines[0]
     assert lines[2].rstrip(" |").endswith("RV 0.500 -> 0.600, LV 0.700 -> 0.800")
+
+
+def test_benchmark_tables_are_stored_and_rendered(tmp_path, monkeypatch):
+    import argparse
+
+    import _common
+
+    monkeypatch.setattr(_common, "__file__", str(tmp_path / "_common.py"))  # results/ next to it
+    (tmp_path / "results").mkdir()
+    args = argparse.Namespace(quick=False, device="cpu", threads=1, child=None, reps=3)
+    _common.save_table("benchmarks/veu.py", args, ["size", "ratio"], [["32^3", "0.14x"]])
+    _common.save_table("benchmarks/pair_generation.py", argparse.Namespace(**{**vars(args), "quick": True}), ["a"], [[1]])
+    assert not (tmp_path / "results" / "pair_generation.json").exists()  # quick runs do not replace the README's
+    stored = json.loads((tmp_path / "results" / "veu.json").read_text())
+    assert stored["arguments"]["reps"] == 3 and "child" not in stored["arguments"]
+    monkeypatch.setattr(readme_tables, "RESULTS", tmp_path / "results")
+    assert readme_tables.TABLES["veu"]().splitlines()[2] == "| 32^3 | 0.14x |"
+
+    rows = "pair,volume,method,epe_vox,epe_mm,within_1vox,folding,seconds\n"
+    rows += "0,a,zero field,6.0,12.0,0.0,0.0,0.0\n1,b,zero field,4.0,8.0,0.5,0.0,0.0\n0,a,cover3d,2.0,4.0,0.25,0.01,0.3\n"
+    (tmp_path / "results" / "classical_registration_cover_mri.csv").write_text(rows)
+    table = readme_tables.TABLES["classical_registration_cover_mri"]().splitlines()
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["zero field", "5.00", "10.00", "25.0", "0.000", "0.000"]
+    assert [c.strip() for c in table[3].split("|")[1:-1]][:5] == ["cover3d", "2.00", "4.00", "25.0", "1.000"]
