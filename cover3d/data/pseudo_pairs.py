@@ -32,10 +32,10 @@ class InterSubjectPseudoPairs(Dataset):
     ``patch_size`` (so foreground-centred), then :func:`~cover3d.engine.cycle_consistent_field` of the teacher
     (a copy of ``network`` with ``teacher_weights`` loaded) predicts both directions and keeps the voxels whose cycle
     residual is ``<= threshold`` voxels (and, when the pair transform has ``mask_background``, whose view b voxel is
-    above its ``background_threshold``, as for the synthetic pairs). Items have the keys and shapes of ``pair_transform``'s
-    (:class:`~cover3d.transforms.CoverPaird`) output: ``image`` (view a), ``image_b``, ``ddf`` (voxels, the pseudo
-    target), ``mask`` (kept voxels), and its reach / foreground fractions when it computes them, so they batch with
-    synthetic pairs. Everything is computed once, here (two teacher forwards per pair); ``kept_fraction`` is the
+    above its ``background_threshold``, as for the synthetic pairs). Items have the keys and shapes of the output of
+    ``pair_transform`` (:class:`~cover3d.transforms.CoverPaird`): ``image`` (view a), ``image_b``, ``ddf`` (voxels,
+    the pseudo target), ``mask`` (kept voxels), and its reach / foreground fractions when it computes them, so they
+    batch with synthetic pairs. Everything is computed once, here (two teacher forwards per pair); ``kept_fraction`` is the
     mean fraction of kept voxels. Refinement: train with these pairs, then build them again with the new weights as
     ``teacher_weights``.
     """
