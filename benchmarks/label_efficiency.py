@@ -189,7 +189,7 @@ def run_one(
     from cover3d.engine import RunLock, RunLockedError
 
     uses_weights, frozen = MODES[mode]
-    if (run_dir / "eval" / "metrics.csv").is_file():
+    if (run_dir / "eval" / "metrics.csv").is_file() and not args.reevaluate:
         return
     claim = RunLock(run_dir)
     try:
@@ -201,6 +201,10 @@ def run_one(
         if not (run_dir / "eval" / "metrics.csv").is_file():  # another invocation may have finished it meanwhile
             train_and_evaluate(bundle, run_dir, uses_weights, frozen, subset, seed, args, overlays, settings,
                                evaluation, weights)
+        elif args.reevaluate:
+            if not (run_dir / "models" / "model.pt").is_file():
+                raise FileNotFoundError(f"--reevaluate: {run_dir.name} has no final weights (models/model.pt) here")
+            evaluate(bundle, run_dir, args, evaluation)
     finally:
         claim.release()
 
@@ -219,12 +223,17 @@ def train_and_evaluate(
         pretrained_weights=str(weights) if uses_weights else None, freeze_backbone=frozen, **settings,
     )
     train_seconds = time.monotonic() - start
+    evaluate(bundle, run_dir, args, evaluation)
+    (run_dir / "train_seconds.txt").write_text(f"{train_seconds:.1f}\n")
+
+
+def evaluate(bundle: Path, run_dir: Path, args: argparse.Namespace, evaluation: dict) -> None:
+    """``evaluate.json`` with the run's final weights on the test datalist -> ``run_dir/eval/*.csv``."""
     run_bundle(
         [bundle / "evaluate.json"],
         bundle_root=str(run_dir), dataset_dir=args.dataset_dir, datalist=args.test, eval_key=args.test_key,
         **evaluation,
     )
-    (run_dir / "train_seconds.txt").write_text(f"{train_seconds:.1f}\n")
 
 
 def finished_runs(output: Path) -> tuple[list[dict], dict[tuple[str, int, int], Path]]:
@@ -410,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--start-no-run-after", type=float, metavar="MINUTES",
                         help="start no new run once this many minutes have passed (the one running finishes; "
                         "the tables then cover what is done), to fit a share of the protocol into a session")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the planned runs that are finished again, from their final weights (after a "
+                        "metric changed); unfinished ones train as usual")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "label_efficiency"))
     args = parser.parse_args(argv)

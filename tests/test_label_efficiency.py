@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
@@ -150,6 +151,9 @@ def test_paired_statistics_intervals_and_per_class_dice(tmp_path):
     assert "+0.150 [" in le.format_paired_table([paired])
 
 
+ARGS = argparse.Namespace(reevaluate=False)
+
+
 def test_a_run_held_by_another_invocation_is_skipped(tmp_path, monkeypatch):
     """Several invocations of one protocol (one per core) share its runs: each run is claimed with a lock."""
     from cover3d.engine import RunLock
@@ -161,9 +165,28 @@ def test_a_run_held_by_another_invocation_is_skipped(tmp_path, monkeypatch):
     other.acquire()
     try:
         for run_dir in (busy, free):
-            le.run_one(tmp_path, run_dir, "scratch", [], 0, None, [], {}, {}, None)
+            le.run_one(tmp_path, run_dir, "scratch", [], 0, ARGS, [], {}, {}, None)
     finally:
         other.release()
     assert trained == ["scratch_n2_seed1"]
-    le.run_one(tmp_path, busy, "scratch", [], 0, None, [], {}, {}, None)  # released: now it runs here
+    le.run_one(tmp_path, busy, "scratch", [], 0, ARGS, [], {}, {}, None)  # released: now it runs here
     assert trained == ["scratch_n2_seed1", "scratch_n2_seed0"]
+
+
+def test_reevaluate_evaluates_finished_runs_again_from_their_weights(tmp_path, monkeypatch):
+    evaluated, trained = [], []
+    monkeypatch.setattr(le, "evaluate", lambda bundle, run_dir, args, evaluation: evaluated.append(run_dir.name))
+    monkeypatch.setattr(le, "train_and_evaluate", lambda bundle, run_dir, *rest: trained.append(run_dir.name))
+    finished = tmp_path / "runs" / "probe_n2_seed0"
+    (finished / "eval").mkdir(parents=True)
+    (finished / "eval" / "metrics.csv").write_text("dice,0.5\n")
+    (finished / "models").mkdir()
+    (finished / "models" / "model.pt").write_bytes(b"")
+    le.run_one(tmp_path, finished, "probe", [], 0, ARGS, [], {}, {}, None)
+    assert evaluated == [] and trained == []  # finished: reused
+    again = argparse.Namespace(reevaluate=True)
+    le.run_one(tmp_path, finished, "probe", [], 0, again, [], {}, {}, None)
+    assert evaluated == ["probe_n2_seed0"] and trained == []
+    (finished / "models" / "model.pt").unlink()  # e.g. a fresh clone: only the CSVs are tracked
+    with pytest.raises(FileNotFoundError, match="probe_n2_seed0 has no final weights"):
+        le.run_one(tmp_path, finished, "probe", [], 0, again, [], {}, {}, None)
