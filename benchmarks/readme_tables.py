@@ -130,6 +130,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
+    "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
     "feature_probe": feature_probe_table,
     **{name: partial(stored_table, name) for name in ("veu", "pair_generation", "pretraining_step", "memory_by_patch")},
     **{f"classical_registration_{b}": partial(classical_registration, b) for b in ("cover_ct", "cover_mri")},
