@@ -179,6 +179,11 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def is_evaluated(run_dir: Path) -> bool:
+    """The run in ``run_dir`` has its test metrics (``eval/metrics.csv``)."""
+    return (run_dir / "eval" / "metrics.csv").is_file()
+
+
 def run_one(
     bundle: Path, run_dir: Path, mode: str, subset: list[dict], seed: int, args: argparse.Namespace,
     overlays: Sequence[Path], settings: dict, evaluation: dict, weights: Path | None,
@@ -189,7 +194,7 @@ def run_one(
     from cover3d.engine import RunLock, RunLockedError
 
     uses_weights, frozen = MODES[mode]
-    if (run_dir / "eval" / "metrics.csv").is_file() and not args.reevaluate:
+    if is_evaluated(run_dir) and not args.reevaluate:
         return
     claim = RunLock(run_dir)
     try:
@@ -198,7 +203,7 @@ def run_one(
         print(f"{run_dir.name}: running in another invocation, skipped here")
         return
     try:
-        if not (run_dir / "eval" / "metrics.csv").is_file():  # another invocation may have finished it meanwhile
+        if not is_evaluated(run_dir):  # another invocation may have finished it meanwhile
             train_and_evaluate(bundle, run_dir, uses_weights, frozen, subset, seed, args, overlays, settings,
                                evaluation, weights)
         elif args.reevaluate:
@@ -462,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     deadline = None if args.start_no_run_after is None else time.monotonic() + 60 * args.start_no_run_after
     for index, (n, seed, mode) in enumerate(planned):
         run_dir = output / "runs" / f"{mode}_n{n}_seed{seed}"
-        if deadline is not None and time.monotonic() > deadline and not (run_dir / "eval" / "metrics.csv").is_file():
+        if deadline is not None and time.monotonic() > deadline and not is_evaluated(run_dir):
             print(f"--start-no-run-after {args.start_no_run_after} min reached: {len(planned) - index} planned runs "
                   "left to a later invocation")
             break

@@ -81,12 +81,17 @@ PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
 STAGES = ("pretrain", "probe", "finetune")
 
 
+def pretext_weights(output: Path, name: str) -> Path:
+    """The final weights of pretext ``name``'s pretraining: ``output/pretrain/<name>/models/model.pt``."""
+    return output / "pretrain" / name / "models" / "model.pt"
+
+
 def pretraining_settings(name: str, output: Path, common: dict) -> dict:
     """Bundle overrides of pretext ``name`` into ``output/pretrain/<name>`` (with its teacher's weights file)."""
-    pretext, run_dir = PRETEXTS[name], output / "pretrain" / name
-    settings = {**common, **pretext.overrides, "ckpt_dir": str(run_dir / "models"), "output_dir": str(run_dir / "runs")}
+    pretext, models = PRETEXTS[name], pretext_weights(output, name).parent
+    settings = {**common, **pretext.overrides, "ckpt_dir": str(models), "output_dir": str(models.parent / "runs")}
     if pretext.teacher:
-        settings["pseudo#teacher_weights"] = str(output / "pretrain" / pretext.teacher / "models" / "model.pt")
+        settings["pseudo#teacher_weights"] = str(pretext_weights(output, pretext.teacher))
     return settings
 
 
@@ -224,16 +229,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"pretexts": {}}
     results["setting"] = {k: v for k, v in common.items() if k != "dataset_dir"}
     for name in args.pretexts:
-        run_dir = output / "pretrain" / name
         overlays, overrides, teacher = PRETEXTS[name]
         files = [BUNDLE / "train.json", *(BUNDLE / overlay for overlay in overlays)]
         settings = pretraining_settings(name, output, common)
-        weights = run_dir / "models" / "model.pt"
+        weights = pretext_weights(output, name)
         row = results["pretexts"].get(name, {})
         if not weights.is_file():
             if "pretrain" not in args.stages:
                 continue
-            if teacher and not Path(settings["pseudo#teacher_weights"]).is_file():
+            if teacher and not pretext_weights(output, teacher).is_file():
                 print(f"{name}: skipped, its teacher {teacher!r} is not pretrained yet")
                 continue
             start = time.perf_counter()

@@ -93,9 +93,12 @@ def label_efficiency(folder: str, class_names: Sequence[str] = ()) -> str:
             boot = f"[{float(p['dice_diff_boot95_low']):+.3f}, {float(p['dice_diff_boot95_high']):+.3f}]" if p else "-"
             hd95 = " / ".join(f"{float(summary[(m, n)]['hd95_mm_mean']):.1f}" if (m, n) in summary else "-"
                               for m in ("scratch", mode))
-            per_class = [", ".join(f"{name} {float(p[f'scratch_dice_class{k}']):.3f} -> {float(p[f'mode_dice_class{k}']):.3f}"
-                                   for k, name in enumerate(class_names)) if p else "-"]  # fmt: skip
-            rows.append([n, cell("scratch", n), mode, cell(mode, n), diff, boot, hd95] + (per_class if class_names else []))
+            row = [n, cell("scratch", n), mode, cell(mode, n), diff, boot, hd95]
+            if class_names:
+                row.append(", ".join(f"{name} {float(p[f'scratch_dice_class{k}']):.3f} -> "
+                                     f"{float(p[f'mode_dice_class{k}']):.3f}" for k, name in enumerate(class_names))
+                           if p else "-")  # fmt: skip
+            rows.append(row)
     if not rows:
         return f"(no finished runs in `benchmarks/results/{folder}/` yet)"
     headers = ["n labelled", "scratch Dice (runs)", "mode", "mode Dice (runs)", "mode - scratch [paired t 95 %]",

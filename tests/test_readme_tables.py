@@ -41,15 +41,22 @@ def test_unknown_table_is_an_error():
         readme_tables.render("<!-- table:nonsense -->\nx\n<!-- /table:nonsense -->")
 
 
-def test_label_efficiency_table_pairs_each_mode_with_scratch(tmp_path, monkeypatch):
-    folder = tmp_path / "le"
+SUMMARY_HEADER = "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std"
+PAIRED_HEADER = ("mode,n_labelled,seeds,dice_diff_mean,dice_diff_t95_low,dice_diff_t95_high,dice_diff_boot95_low,"
+                 "dice_diff_boot95_high")
+TWO_SEED_RUNS = ["scratch,2,3,0.6,0.05,9.0,1.0", "pretrained,2,3,0.7,0.02,6.5,0.5"]
+PAIRED_AT_2 = "pretrained,2,3,0.1,0.02,0.18,0.05,0.15"
+
+
+def write_label_efficiency(folder: Path, summary: list[str], paired_header: str, paired: str) -> None:
+    """A label_efficiency.py output folder with these ``summary.csv`` rows and one ``paired.csv`` row."""
     folder.mkdir()
-    (folder / "summary.csv").write_text(
-        "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std\n"
-        "scratch,2,3,0.6,0.05,9.0,1.0\npretrained,2,3,0.7,0.02,6.5,0.5\nscratch,4,1,0.75,0.0,5.0,0.0\n")
-    (folder / "paired.csv").write_text(
-        "mode,n_labelled,seeds,dice_diff_mean,dice_diff_t95_low,dice_diff_t95_high,dice_diff_boot95_low,"
-        "dice_diff_boot95_high\npretrained,2,3,0.1,0.02,0.18,0.05,0.15\n")
+    (folder / "summary.csv").write_text("\n".join([SUMMARY_HEADER, *summary]) + "\n")
+    (folder / "paired.csv").write_text(f"{paired_header}\n{paired}\n")
+
+
+def test_label_efficiency_table_pairs_each_mode_with_scratch(tmp_path, monkeypatch):
+    write_label_efficiency(tmp_path / "le", [*TWO_SEED_RUNS, "scratch,4,1,0.75,0.0,5.0,0.0"], PAIRED_HEADER, PAIRED_AT_2)
     monkeypatch.setattr(readme_tables, "RESULTS", tmp_path)
     lines = [[c.strip() for c in line.split("|")[1:-1]] for line in readme_tables.label_efficiency("le").splitlines()]
     assert lines[2] == ["2", "0.600 +- 0.050 (3)", "pretrained", "0.700 +- 0.020 (3)", "+0.100 [+0.020, +0.180]",
@@ -59,15 +66,8 @@ def test_label_efficiency_table_pairs_each_mode_with_scratch(tmp_path, monkeypat
 
 
 def test_multi_class_label_efficiency_table_shows_each_class(tmp_path, monkeypatch):
-    folder = tmp_path / "acdc"
-    folder.mkdir()
-    (folder / "summary.csv").write_text(
-        "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std\n"
-        "scratch,2,3,0.6,0.05,9.0,1.0\npretrained,2,3,0.7,0.02,6.5,0.5\n")
-    (folder / "paired.csv").write_text(
-        "mode,n_labelled,seeds,dice_diff_mean,dice_diff_t95_low,dice_diff_t95_high,dice_diff_boot95_low,"
-        "dice_diff_boot95_high,scratch_dice_class0,mode_dice_class0,scratch_dice_class1,mode_dice_class1\n"
-        "pretrained,2,3,0.1,0.02,0.18,0.05,0.15,0.5,0.6,0.7,0.8\n")
+    per_class = ",scratch_dice_class0,mode_dice_class0,scratch_dice_class1,mode_dice_class1"
+    write_label_efficiency(tmp_path / "acdc", TWO_SEED_RUNS, PAIRED_HEADER + per_class, PAIRED_AT_2 + ",0.5,0.6,0.7,0.8")
     monkeypatch.setattr(readme_tables, "RESULTS", tmp_path)
     lines = readme_tables.label_efficiency("acdc", class_names=("RV", "LV")).splitlines()
     assert "Dice per class, scratch -> mode" in lines[0]
