@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import Dataset
+from monai.data import Dataset, list_data_collate
+from monai.transforms import Compose
 from torch.utils.data import default_collate
 from test_bundles import REPO, TINY, bundle
 
@@ -14,7 +16,7 @@ from cover3d.engine import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError
 from cover3d.metrics import global_ncc
 from cover3d.networks import CoverNet
-from cover3d.transforms import CoverPaird, affine_align, foreground_mask
+from cover3d.transforms import CoverPaird, affine_align, foreground_mask, mri_preprocessing
 
 CHANNELS = (4, 4, 8, 8, 8)
 
@@ -80,6 +82,23 @@ def test_pseudo_pairs_are_the_teachers_cycle_consistent_fields_and_batch_with_sy
     got = mixed[p]  # a synthetic draw is seeded as in a stream without the extras
     synthetic.transform.set_random_state(seed=int(np.random.SeedSequence([1, p]).generate_state(1)[0]))
     assert torch.equal(torch.as_tensor(got["ddf"]), torch.as_tensor(synthetic[0]["ddf"]))
+
+
+def test_pseudo_pairs_batch_with_pairs_of_the_bundles_preprocessing(tmp_path):
+    """The bundles' synthetic pairs come from files through ``mri_preprocessing`` (load, resample, crop to the
+    foreground); a batch drawn from ``MixedPairs`` may hold one of them beside a pseudo-pair (here: the collate of a
+    2-item batch; a crop that stored its box in the item broke it with ``KeyError: 'foreground_start_coord'``)."""
+    network, weights, pair, volumes = pseudo_setup(tmp_path)
+    files = []
+    for i, volume in enumerate(volumes):
+        files.append({"image": str(tmp_path / f"subject{i}.nii.gz")})
+        nib.save(nib.Nifti1Image(volume["image"][0].numpy(), np.eye(4)), files[-1]["image"])
+    synthetic = Dataset(files, Compose(mri_preprocessing(("image",)) + [pair]))
+    pseudo = InterSubjectPseudoPairs(Dataset(files, Compose(mri_preprocessing(("image",)))), network, str(weights),
+                                     pair, num_pairs=1, threshold=1e6, seed=3)
+    mixed = MixedPairs(synthetic, pseudo)
+    batch = list_data_collate([mixed[0], mixed[len(mixed) - 1]])
+    assert batch["ddf"].shape == (2, 3, 32, 32, 16) and sorted(mixed[0]) == sorted(pseudo[0])
 
 
 def test_pseudo_pairs_follow_the_pair_transforms_background_mask(tmp_path):

@@ -117,11 +117,15 @@ def _load_check_resample(keys: tuple, label_keys: tuple, pixdim: Sequence[float]
 
 
 def _crop_to_float(keys: tuple, label_keys: tuple, threshold: float, margin: int | Sequence[int]) -> list[MapTransform]:
-    """Crop all keys to the box of first-image voxels above ``threshold`` (+ margin); cast to float32."""
+    """Crop all keys to the box of first-image voxels above ``threshold`` (+ margin); cast to float32.
+
+    The box is not stored in the item (``*_coord_key=None``): items built without this crop, such as
+    inter-subject pseudo-pairs, must batch with the preprocessed ones (the crop's inverse is in the image's meta)."""
     all_keys = keys + label_keys
     select = partial(_above, threshold=threshold)  # a partial, not a lambda, so the chain stays picklable
     return [
-        CropForegroundd(all_keys, source_key=keys[0], select_fn=select, margin=margin, allow_smaller=True),
+        CropForegroundd(all_keys, source_key=keys[0], select_fn=select, margin=margin, allow_smaller=True,
+                        start_coord_key=None, end_coord_key=None),
         EnsureTyped(all_keys, dtype=torch.float32),
     ]
 
