@@ -45,7 +45,7 @@ from _common import shared_data
 from collapse_guard import BUNDLE, REPO, measure
 from feature_probe import main as feature_probe
 from label_efficiency import main as label_efficiency
-from label_efficiency import parse_assignments, run_bundle
+from label_efficiency import finished_runs, paired_statistics, parse_assignments, run_bundle, write_csv
 from monai.bundle import ConfigParser
 from monai.data import Dataset
 from monai.transforms import Compose, DivisiblePadd
@@ -77,6 +77,8 @@ PRETEXTS = {
 }
 
 # the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
+BASELINES = ("infonce", "restoration")  # what COVER claims to beat: each COVER variant is paired with them
+
 PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
 STAGES = ("pretrain", "probe", "finetune")
 
@@ -164,6 +166,40 @@ def record_row(results_file: Path, setting: dict, name: str, row: dict) -> dict:
     results_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results, results_file)
     return results
+
+
+def head_to_head(output: Path, baselines: Sequence[str] = BASELINES) -> list[dict]:
+    """Fine-tune Dice of each pretext minus each baseline's, paired by size and seed (same labelled subset) and by
+    test case: ``label_efficiency.paired_statistics`` with the baseline's fine-tunes in the place of scratch (mean,
+    paired t 95 % over seeds, bootstrap 95 % over seeds x cases), for every pretext and baseline fine-tuned so far."""
+    tuned = {}
+    for folder in sorted((output / "finetune").glob("*/")):
+        rows, run_dirs = finished_runs(folder)
+        tuned[folder.name] = ([r for r in rows if r["mode"] == "pretrained"],
+                              {k: v for k, v in run_dirs.items() if k[0] == "pretrained"})
+    table = []
+    for baseline in (b for b in baselines if b in tuned):
+        base_rows, base_dirs = tuned[baseline]
+        scratch_rows = [{**r, "mode": "scratch"} for r in base_rows]
+        scratch_dirs = {("scratch", n, seed): d for (_, n, seed), d in base_dirs.items()}
+        for name in (n for n in PRETEXTS if n in tuned and n not in baselines):
+            rows, run_dirs = tuned[name]
+            for paired in paired_statistics(rows + scratch_rows, run_dirs | scratch_dirs):
+                table.append({"pretext": name, "baseline": baseline, **{k: v for k, v in paired.items()
+                                                                           if k != "mode" and "class" not in k}})
+    return table
+
+
+def head_to_head_table(rows: Sequence[dict]) -> str:
+    """Markdown: one line per pretext and baseline, the paired fine-tune Dice difference with both intervals."""
+    lines = ["| pretext | vs baseline | n labelled | seeds | fine-tune Dice diff [t 95 %] | [bootstrap 95 %, seeds x cases] |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pretext']} | {r['baseline']} | {r['n_labelled']} | {r['seeds']} | "
+                     f"{float(r['dice_diff_mean']):+.3f} [{float(r['dice_diff_t95_low']):+.3f}, "
+                     f"{float(r['dice_diff_t95_high']):+.3f}] | [{float(r['dice_diff_boot95_low']):+.3f}, "
+                     f"{float(r['dice_diff_boot95_high']):+.3f}] |")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -259,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results = record_row(results_file, results["setting"], name, row)
     print(markdown_table(results["pretexts"]))
     plot(results["pretexts"], output / "comparison.png")
+    if "finetune" in args.stages and (versus := head_to_head(output)):
+        write_csv(output / "head_to_head.csv", versus)
+        print(head_to_head_table(versus))
     return results
 
 
@@ -267,8 +306,12 @@ def markdown_table(pretexts: dict) -> str:
     def number(value: float | None, fmt: str = ".3f") -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| pretext | field EPE (zero field) | random-pair cosine | cos within label / across | probe Dice, full res "
-             "(all levels) | fine-tune Dice | fine-tune - scratch [t 95 %] |", "|---|---|---|---|---|---|---|"]
+    def probe(result: dict | None) -> str:
+        return f"{number(result and result['dice'])} / {number(result and result['auc'])}"
+
+    lines = ["| pretext | field EPE (zero field) | random-pair cosine | cos within label / across | probe full res Dice "
+             "/ AUC | probe all levels Dice / AUC | fine-tune Dice | fine-tune - scratch [t 95 %] |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in pretexts.items():
         probe_full = next((v for k, v in sorted(row.items()) if k.startswith("probe_full")), None)
         probe_all = next((v for k, v in sorted(row.items()) if k.startswith("probe_all")), None)
@@ -276,8 +319,8 @@ def markdown_table(pretexts: dict) -> str:
         lines.append(
             f"| {name} | {number(row.get('epe'), '.2f')} ({number(row.get('epe_identity'), '.2f')}) | "
             f"{number(row.get('cosine_inside'))} | {number(row.get('cosine_within_label'))} / "
-            f"{number(row.get('cosine_across'))} | {number(probe_full and probe_full['dice'])} "
-            f"({number(probe_all and probe_all['dice'])}) | {number(tune and tune['dice'])} | "
+            f"{number(row.get('cosine_across'))} | {probe(probe_full)} | {probe(probe_all)} | "
+            f"{number(tune and tune['dice'])} | "
             + (f"{tune['diff']:+.3f} [{tune['diff_t95'][0]:+.3f}, {tune['diff_t95'][1]:+.3f}] |" if tune else "- |"))
     return "\n".join(lines)
 

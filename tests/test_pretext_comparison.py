@@ -7,6 +7,8 @@ import csv
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import pretext_comparison as pc  # noqa: E402
@@ -62,7 +64,7 @@ def test_scratch_runs_are_trained_once_and_linked_into_every_pretext(tmp_path, m
     assert rows["cover"]["finetune_n4"]["diff"] == 0.7 - 0.6 and rows["infonce"]["finetune_n4"]["dice"] == 0.65
     table = pc.markdown_table({"cover": {"epe": 2.5, "epe_identity": 6.4, **rows["cover"],
                                          "probe_full_n4": {"dice": 0.41, "auc": 0.9, "seeds": 2}}}).splitlines()
-    assert table[2] == "| cover | 2.50 (6.40) | - | - / - | 0.410 (-) | 0.700 | +0.100 [-0.010, +0.050] |"
+    assert table[2] == "| cover | 2.50 (6.40) | - | - / - | 0.410 / 0.900 | - / - | 0.700 | +0.100 [-0.010, +0.050] |"
 
 
 def test_scratch_runs_of_another_protocol_are_linked_and_rows_merge(tmp_path, monkeypatch):
@@ -94,3 +96,32 @@ def test_refinement_rounds_are_taught_by_the_previous_rounds_weights(tmp_path):
         assert settings["pseudo#teacher_weights"] == str(tmp_path / "pretrain" / teacher / "models" / "model.pt")
         assert pc.PRETEXTS[student].overlays == ("pseudo_fields.json",)
         assert names.index(teacher) < names.index(student)  # one invocation pretrains the teacher first
+
+
+def write_finetune(folder: Path, mode: str, seed: int, cases: dict[str, float]) -> None:
+    """An evaluated fine-tune run ``<mode>_n4_seed<seed>`` with per-case Dice ``cases`` (HD95 = 10 x Dice)."""
+    eval_dir = folder / "runs" / f"{mode}_n4_seed{seed}" / "eval"
+    eval_dir.mkdir(parents=True)
+    mean = sum(cases.values()) / len(cases)
+    (eval_dir / "metrics.csv").write_text(f"dice,{mean}\nhd95_mm,{10 * mean}\n")
+    for metric, scale in (("dice", 1.0), ("hd95_mm", 10.0)):
+        lines = ["filename,class0"] + [f"/x/{c}.nii.gz,{v * scale}" for c, v in cases.items()]
+        (eval_dir / f"{metric}_raw.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_head_to_head_pairs_each_cover_variant_with_each_baseline_by_seed_and_case(tmp_path):
+    """The baseline's fine-tunes take scratch's place: differences of the pretrained runs, not of scratch's."""
+    finetune = tmp_path / "finetune"
+    dice = {"cover": (0.80, 0.90), "infonce": (0.70, 0.80), "restoration": (0.75, 0.75)}  # seed 0, seed 1
+    for name, per_seed in dice.items():
+        for seed, d in enumerate(per_seed):
+            write_finetune(finetune / name, "pretrained", seed, {"a": d - 0.05, "b": d + 0.05})
+            write_finetune(finetune / name, "scratch", seed, {"a": 0.1, "b": 0.1})  # shared scratch: never compared
+    rows = {(r["pretext"], r["baseline"]): r for r in pc.head_to_head(tmp_path)}
+    assert sorted(rows) == [("cover", "infonce"), ("cover", "restoration")]
+    versus_infonce, versus_restoration = rows[("cover", "infonce")], rows[("cover", "restoration")]
+    assert versus_infonce["seeds"] == 2 and versus_infonce["dice_diff_mean"] == pytest.approx(0.10)
+    assert versus_infonce["dice_diff_boot95_low"] == pytest.approx(0.10)  # every per-case difference is 0.10
+    assert versus_restoration["dice_diff_mean"] == pytest.approx(0.10)  # seed differences 0.05 and 0.15
+    assert versus_restoration["dice_diff_boot95_low"] == pytest.approx(0.05)
+    assert "| cover | infonce | 4 | 2 | +0.100 [" in pc.head_to_head_table(list(rows.values()))
