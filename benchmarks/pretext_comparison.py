@@ -76,9 +76,9 @@ PRETEXTS = {
     "restoration": Pretext(("pretext_restoration.json",)),
 }
 
-# the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
 BASELINES = ("infonce", "restoration")  # what COVER claims to beat: each COVER variant is paired with them
 
+# the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
 PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
 STAGES = ("pretrain", "probe", "finetune")
 
