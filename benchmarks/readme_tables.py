@@ -60,7 +60,7 @@ def seg_convergence() -> str:
         rows.append([f"`{r['name']}`", f"{settings['pixdim'][0]:g} mm", "x".join(map(str, settings["patch_size"])),
                      r["iterations"], f"{r['train_seconds'] / 60:.1f} min", f"{best['val_mean_dice']:.3f} ({best['iteration']})",
                      f"{r['test_dice']:.3f}", f"{r['test_hd95_mm']:.2f} mm"])  # fmt: skip
-    headers = ["run (scratch, all 48 training volumes)", "voxels", "patch", "iterations", "training (1 thread)",
+    headers = ["run (scratch, every training volume of the pool)", "voxels", "patch", "iterations", "training (1 thread)",
                "best validation Dice (iteration)", "test Dice", "test HD95"]  # fmt: skip
     return markdown_table(headers, rows)
 
