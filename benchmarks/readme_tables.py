@@ -115,19 +115,19 @@ def feature_probe_table() -> str:
     return markdown_report([json.loads(p.read_text()) for p in paths if p.is_file()])
 
 
-def pretext_comparison_table() -> str:
-    """``pretext_comparison/results.json`` (benchmarks/pretext_comparison.py): one row per pretext, in its order."""
+def pretext_comparison_table(folder: str) -> str:
+    """``<folder>/results.json`` (benchmarks/pretext_comparison.py): one row per pretext, in its order."""
     from pretext_comparison import PRETEXTS, markdown_table as pretext_table
 
-    rows = json.loads((RESULTS / "pretext_comparison" / "results.json").read_text())["pretexts"]
+    rows = json.loads((RESULTS / folder / "results.json").read_text())["pretexts"]
     return pretext_table({name: rows[name] for name in PRETEXTS if name in rows})
 
 
-def pretext_head_to_head() -> str:
-    """``pretext_comparison/head_to_head.csv``: each COVER variant's fine-tune Dice minus each baseline's."""
+def pretext_head_to_head(folder: str) -> str:
+    """``<folder>/head_to_head.csv``: each COVER variant's fine-tune Dice minus each baseline's."""
     from pretext_comparison import head_to_head_table
 
-    with open(RESULTS / "pretext_comparison" / "head_to_head.csv", newline="") as f:
+    with open(RESULTS / folder / "head_to_head.csv", newline="") as f:
         return head_to_head_table(list(csv.DictReader(f)))
 
 
@@ -150,8 +150,11 @@ TABLES: dict[str, Callable[[], str]] = {
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
     "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
-    "feature_probe": feature_probe_table, "pretext_comparison": pretext_comparison_table,
-    "pretext_head_to_head": pretext_head_to_head,
+    "feature_probe": feature_probe_table,
+    "pretext_comparison": partial(pretext_comparison_table, "pretext_comparison"),
+    "pretext_head_to_head": partial(pretext_head_to_head, "pretext_comparison"),
+    "pretext_comparison_long": partial(pretext_comparison_table, "pretext_comparison_long"),
+    "pretext_head_to_head_long": partial(pretext_head_to_head, "pretext_comparison_long"),
     **{name: partial(stored_table, name) for name in ("veu", "pair_generation", "pretraining_step", "memory_by_patch")},
     **{f"classical_registration_{b}": partial(classical_registration, b) for b in ("cover_ct", "cover_mri")},
 }
