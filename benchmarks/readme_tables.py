@@ -149,6 +149,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
+    "label_efficiency_acdc_2400its": partial(label_efficiency, "label_efficiency_acdc_2400its",
+                                             class_names=("RV", "MYO", "LV")),
     "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
     "feature_probe": feature_probe_table,
     "pretext_comparison": partial(pretext_comparison_table, "pretext_comparison"),
@@ -158,11 +160,15 @@ TABLES: dict[str, Callable[[], str]] = {
     **{name: partial(stored_table, name) for name in ("veu", "pair_generation", "pretraining_step", "memory_by_patch")},
     **{f"classical_registration_{b}": partial(classical_registration, b) for b in ("cover_ct", "cover_mri")},
 }
-_BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
+_BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)
+_OPENING = re.compile(r"<!-- table:(\S+) -->")
 
 
 def render(readme: str) -> str:
     """``readme`` with every generated table replaced by what its result file gives now."""
+    unmatched = set(_OPENING.findall(readme)) - {m.group("name") for m in _BLOCK.finditer(readme)}
+    if unmatched:
+        raise ValueError(f"README table markers with no closing marker or a bad name: {sorted(unmatched)}")
 
     def replace(match: re.Match) -> str:
         name = match.group("name")

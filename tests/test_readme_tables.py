@@ -39,6 +39,13 @@ def test_check_catches_a_hand_edited_number_and_rewrite_restores_it(tmp_path, mo
 def test_unknown_table_is_an_error():
     with pytest.raises(KeyError, match="no renderer"):
         readme_tables.render("<!-- table:nonsense -->\nx\n<!-- /table:nonsense -->")
+    with pytest.raises(KeyError, match="no renderer"):  # digits belong to a name: the block is not skipped
+        readme_tables.render("<!-- table:nonsense_2400its -->\nx\n<!-- /table:nonsense_2400its -->")
+
+
+def test_table_marker_without_its_closing_marker_is_an_error():
+    with pytest.raises(ValueError, match="veu"):
+        readme_tables.render("<!-- table:veu -->\nx\n<!-- /table:ve -->")
 
 
 SUMMARY_HEADER = "mode,n_labelled,runs,dice_mean,dice_std,hd95_mm_mean,hd95_mm_std"
