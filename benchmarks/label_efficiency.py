@@ -50,6 +50,7 @@ import random
 import re
 import statistics
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -294,11 +295,12 @@ def paired_statistics(rows: Sequence[dict], run_dirs: dict[tuple[str, int, int],
     """For each mode other than scratch and each size: the paired difference mode - scratch of the test Dice and
     HD95 (same subset, same seed), its mean and 95 % intervals two ways: a paired t interval over seeds (each seed's
     difference of the means over test cases), and a bootstrap over seeds x test cases (resampling the per-case
-    differences ``resamples`` times). Also the mean per-class Dice of both (multi-class data such as ACDC)."""
+    differences ``resamples`` times, with a generator seeded by ``seed``, the mode, size and metric, so an interval
+    depends on its own runs only, not on which other comparisons the folder holds). Also the mean per-class Dice of
+    both (multi-class data such as ACDC)."""
     import numpy as np
     from scipy import stats
 
-    rng = np.random.default_rng(seed)
     by_key = {(r["mode"], r["n_labelled"], r["seed"]): r for r in rows}
     results = []
     for mode, n in sorted({(m, size) for m, size, _ in by_key if m != "scratch"}, key=lambda k: (k[1], k[0])):
@@ -316,6 +318,7 @@ def paired_statistics(rows: Sequence[dict], run_dirs: dict[tuple[str, int, int],
             per_case = np.asarray([d for d in per_case if np.isfinite(d)])
             mean = float(np.mean(per_seed))
             half = float(stats.t.ppf(0.975, len(seeds) - 1) * np.std(per_seed, ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1 else math.nan
+            rng = np.random.default_rng([seed, n, zlib.crc32(f"{mode}/{metric}".encode())])
             boot = rng.choice(per_case, (resamples, len(per_case))).mean(axis=1) if len(per_case) else np.array([math.nan])
             summary |= {f"{metric}_diff_mean": mean, f"{metric}_diff_t95_low": mean - half, f"{metric}_diff_t95_high": mean + half,
                         f"{metric}_diff_boot95_low": float(np.percentile(boot, 2.5)),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +151,28 @@ def test_paired_statistics_intervals_and_per_class_dice(tmp_path):
     assert paired["hd95_mm_diff_mean"] == pytest.approx(1.5)
     assert paired["scratch_dice_class0"] == pytest.approx(0.5) and paired["mode_dice_class1"] == pytest.approx(0.85)
     assert "+0.150 [" in le.format_paired_table([paired])
+
+
+def test_a_bootstrap_interval_depends_on_its_own_runs_only(tmp_path):
+    """Adding another comparison (here a probe mode and a larger size) leaves an interval's bootstrap unchanged."""
+    rng = random.Random(0)
+    rows, run_dirs = [], {}
+    for mode, n, seed in itertools.product(("scratch", "pretrained", "probe"), (2, 4), (0, 1)):
+        folder = tmp_path / f"{mode}_{n}_{seed}"
+        (folder / "eval").mkdir(parents=True)
+        scores = [rng.random() for _ in range(12)]
+        for metric in ("dice", "hd95_mm"):
+            lines = ["filename,class0"] + [f"/x/c{i}.nii.gz,{v}" for i, v in enumerate(scores)]
+            (folder / "eval" / f"{metric}_raw.csv").write_text("\n".join(lines) + "\n")
+        rows.append({"mode": mode, "n_labelled": n, "seed": seed, "dice": sum(scores) / 12, "hd95_mm": sum(scores) / 12})
+        run_dirs[(mode, n, seed)] = folder
+    alone = [r for r in rows if r["mode"] != "probe" and r["n_labelled"] == 4]
+    (single,) = le.paired_statistics(alone, run_dirs, resamples=500)
+    crowded = {(p["mode"], p["n_labelled"]): p for p in le.paired_statistics(rows, run_dirs, resamples=500)}
+    assert len(crowded) == 4
+    key = ("dice_diff_boot95_low", "dice_diff_boot95_high", "hd95_mm_diff_boot95_low")
+    assert [single[k] for k in key] == [crowded[("pretrained", 4)][k] for k in key]
+    assert crowded[("pretrained", 4)]["dice_diff_boot95_low"] != crowded[("probe", 4)]["dice_diff_boot95_low"]
 
 
 ARGS = argparse.Namespace(reevaluate=False)
