@@ -89,10 +89,11 @@ def _measure(fn: Callable[[], object], device: torch.device, reps: int) -> tuple
 
 
 def _case(rows: list, part: str, case: str, fn: Callable[[], tuple[float | None, int | None, str]]) -> None:
-    """Append one row; an exception (OOM included) becomes the row's status."""
+    """Append one row (``fn`` returns seconds, peak bytes, result; the row holds the peak in MiB); an exception (OOM
+    included) becomes the row's status."""
     try:
         seconds, peak, result = fn()
-        rows.append([part, case, "ok", seconds, peak, result])
+        rows.append([part, case, "ok", seconds, None if peak is None else peak / MiB, result])
     except Exception as error:  # noqa: BLE001 - every failure is reported as a row, the check goes on
         rows.append([part, case, f"{type(error).__name__}: {str(error).splitlines()[0][:120]}", None, None, ""])
     finally:
@@ -221,8 +222,9 @@ def write_results(rows: list, output_dir: Path, gpu: str) -> Path:
 
 
 def format_rows(rows: list) -> list[list[str]]:
+    """Rows as printed: seconds to the millisecond, peak MiB to the MiB, ``-`` where a case has none."""
     return [
-        [part, case, status, "-" if s is None else f"{s:.3f}", "-" if p is None else f"{p / MiB:,.0f}", result]
+        [part, case, status, "-" if s is None else f"{s:.3f}", "-" if p is None else f"{p:,.0f}", result]
         for part, case, status, s, p, result in rows
     ]
 

@@ -145,8 +145,20 @@ def classical_registration(bundle: str) -> str:
         return summary_table(list(csv.DictReader(f)))
 
 
+def gpu_check() -> str:
+    """``gpu_check_<gpu>.json`` (benchmarks/gpu_check.py): each GPU's table as the script prints it, under its name."""
+    from gpu_check import HEADERS, format_rows
+
+    blocks = []
+    for path in sorted(RESULTS.glob("gpu_check_*.json")):
+        result = json.loads(path.read_text())
+        rows = format_rows([[row[h] for h in HEADERS] for row in result["rows"]])
+        blocks.append(f"{result['gpu']}, torch {result['torch']}, CUDA {result['cuda']}:\n\n{markdown_table(HEADERS, rows)}")
+    return "\n\n".join(blocks)
+
+
 TABLES: dict[str, Callable[[], str]] = {
-    "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence,
+    "bundle_defaults": bundle_defaults, "threads": threads, "seg_convergence": seg_convergence, "gpu_check": gpu_check,
     "label_efficiency_la": partial(label_efficiency, "label_efficiency_la"),
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
     "label_efficiency_acdc_2400its": partial(label_efficiency, "label_efficiency_acdc_2400its",

@@ -41,9 +41,22 @@ def test_step_function_trains_at_a_tiny_size_on_cpu():
 
 def test_results_table_is_written_as_json_and_csv(tmp_path):
     gpu_check = load_gpu_check()
-    rows = [["pretraining step", "96^3 fp16", "ok", 0.25, 3 * 1024**2, "loss 1.0"], ["VEU", "x", "OOM", None, None, ""]]
+    rows = [["pretraining step", "96^3 fp16", "ok", 0.25, 3.0, "loss 1.0"], ["VEU", "x", "OOM", None, None, ""]]
     stem = gpu_check.write_results(rows, tmp_path, "NVIDIA H200 (test)")
     assert stem.name == "gpu_check_nvidia_h200_test"
     csv_lines = stem.with_suffix(".csv").read_text().splitlines()
-    assert csv_lines[0] == ",".join(gpu_check.HEADERS) and csv_lines[1].startswith("pretraining step,96^3 fp16,ok,0.25")
+    assert csv_lines[0] == ",".join(gpu_check.HEADERS) and csv_lines[1] == "pretraining step,96^3 fp16,ok,0.25,3.0,loss 1.0"
     assert gpu_check.format_rows(rows)[0][3:5] == ["0.250", "3"]
+
+
+def test_a_case_row_holds_its_peak_in_mib_and_a_failure_as_its_status():
+    gpu_check = load_gpu_check()
+    rows = []
+    gpu_check._case(rows, "part", "measured", lambda: (0.5, 3 * 1024**2, "fine"))
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    gpu_check._case(rows, "part", "too big", out_of_memory)
+    assert rows[0] == ["part", "measured", "ok", 0.5, 3.0, "fine"]  # the "peak MiB" column: MiB, not bytes
+    assert rows[1] == ["part", "too big", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", None, None, ""]
