@@ -28,6 +28,7 @@ from cover3d.engine import (
     RunLockedError,
     TrainingCheckpoints,
     list_checkpoints,
+    prune_checkpoints,
     require_bool,
 )
 
@@ -92,6 +93,15 @@ def test_resume_after_a_crash_continues_exactly(tmp_path):
     assert lrs_a[:6] + lrs_b == lrs and images_a[:6] + images_b == images
     assert len(set(images)) == len(images)  # the stream never repeats itself, within or across epochs
     torch.testing.assert_close(parameters(resumed), reference, rtol=0, atol=1e-6)
+
+
+def test_pruning_spares_the_snapshot_iterations(tmp_path):
+    """A long run keeps its snapshots (e.g. 2,800 / 5,000 iterations) while pruning the rolling checkpoints."""
+    for iteration in (200, 400, 600, 800, 1000):
+        torch.save({}, tmp_path / f"checkpoint_{iteration}.pt")
+    deleted = prune_checkpoints(tmp_path, keep=2, keep_iterations=[400, 1000])
+    assert sorted(p.name for p in deleted) == ["checkpoint_200.pt", "checkpoint_600.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint_400.pt", "checkpoint_800.pt", "checkpoint_1000.pt"]
 
 
 def test_more_epochs_extend_the_schedule_instead_of_restarting_it(tmp_path):

@@ -93,8 +93,8 @@ def _handler_names(train: dict, value, rank: int) -> list[str]:
         key = value[len("@train#"):]
         entry = train[key]
         return [f"{key}[{i}]" for i in range(len(entry))] if isinstance(entry, list) else _handler_names(train, entry, rank)
-    expression = re.sub(r"@train#(\w+)", lambda m: repr(_handler_names(train, "@train#" + m[1], rank)), value[1:])
-    expression = expression.replace("[ce.AverageLossGradients(@loss)]", "['AverageLossGradients']")
+    expression = value[1:].replace("[ce.AverageLossGradients(@train#trainer#loss_function)]", "['AverageLossGradients']")
+    expression = re.sub(r"@train#(\w+)", lambda m: repr(_handler_names(train, "@train#" + m[1], rank)), expression)
     return eval(expression, {"dist": SimpleNamespace(get_rank=lambda: rank)})  # the bundle's own text
 
 
@@ -136,3 +136,29 @@ def test_loss_head_gradients_are_averaged_across_ranks(tmp_path):
     results = manager.dict()
     torch.multiprocessing.spawn(_average_in_process, args=(str(tmp_path / "store"), results), nprocs=2)
     assert torch.equal(results[0], results[1]) and torch.allclose(results[0], torch.full((8,), 1.5))
+
+
+@pytest.mark.parametrize("pretext", sorted(p.name for p in (REPO / "bundles" / "cover_mri").glob("pretext_*.json")))
+def test_every_pretext_overlay_composes_with_the_multi_gpu_overlay(pretext, tmp_path):
+    """Under DDP ``@network`` is the wrapper: a pretext overlay must reach the network's parts through
+    ``@network_def`` (``DistributedDataParallel`` has no ``pyramid`` or ``backbone``), and the head gradients that
+    ``AverageLossGradients`` averages must be those of the loss the trainer uses (the pretext loss, not ``@loss``)."""
+    from monai.bundle import ConfigParser
+
+    from cover3d.engine import AverageLossGradients
+
+    bundle = REPO / "bundles" / "cover_mri"
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "train.json"), str(bundle / pretext), str(bundle / "multi_gpu_train.json")])
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8, 8, 16, 16], "groups": [2, 2, 2, 1, 1]})
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        network = parser.get_parsed_content("network")
+        assert isinstance(network, torch.nn.parallel.DistributedDataParallel)
+        loss = parser.get_parsed_content("train#trainer#loss_function")
+        assert loss is parser.get_parsed_content("pretext_loss")
+        assert "AverageLossGradients(@train::trainer::loss_function)" in parser["train#trainer#train_handlers"]
+        heads = {id(p) for p in AverageLossGradients(loss).parameters}
+        assert heads == {id(p) for p in loss.parameters() if p.requires_grad}
+    finally:
+        torch.distributed.destroy_process_group()

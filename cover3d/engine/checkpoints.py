@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO
 
@@ -81,9 +81,11 @@ def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def prune_checkpoints(save_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints of ``save_dir``; returns the deleted paths."""
-    doomed = list_checkpoints(save_dir)[:-keep] if keep > 0 else []
+def prune_checkpoints(save_dir: str | os.PathLike, keep: int, keep_iterations: Collection[int] = ()) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints of ``save_dir``, sparing ``checkpoint_<i>.pt`` for every ``i``
+    in ``keep_iterations`` (snapshots of a long run); returns the deleted paths."""
+    spared = {checkpoint_path(save_dir, i) for i in keep_iterations}
+    doomed = [p for p in (list_checkpoints(save_dir)[:-keep] if keep > 0 else []) if p not in spared]
     for path in doomed:
         path.unlink(missing_ok=True)
     return doomed

@@ -111,7 +111,7 @@ class TrainingCheckpoints:
 
     While training it writes ``checkpoint_<iteration>.pt`` atomically every ``epoch_interval`` epochs and every
     ``iteration_interval`` iterations (0: off), keeping the newest ``keep`` (>= 2, so a damaged newest file has a
-    fallback), and at the end ``final_filename``: the plain state dict of ``save_dict[final_key]`` (the weights users
+    fallback) and those at the iterations in ``keep_iterations`` (snapshots of a long run), and at the end ``final_filename``: the plain state dict of ``save_dict[final_key]`` (the weights users
     load; no ``module.`` prefix). In a distributed run only rank 0 writes; every rank loads.
 
     Written instead of MONAI's ``CheckpointSaver`` / ``CheckpointLoader`` because they write non-atomically, keep no
@@ -126,6 +126,7 @@ class TrainingCheckpoints:
         epoch_interval: int = 1,
         iteration_interval: int = 0,
         keep: int = 2,
+        keep_iterations: Sequence[int] = (),
         final_filename: str | None = "model.pt",
         final_key: str = "network",
         run_outputs: Sequence[str] = (),
@@ -141,6 +142,7 @@ class TrainingCheckpoints:
         self.epoch_interval = epoch_interval
         self.iteration_interval = iteration_interval
         self.keep = keep
+        self.keep_iterations = tuple(int(i) for i in keep_iterations)
         self.final_filename = final_filename
         self.final_key = final_key
         self.run_outputs = [*run_outputs, *([final_filename] if final_filename else [])]
@@ -277,7 +279,7 @@ class TrainingCheckpoints:
         state["rng"] = rng_state()
         save_atomic(state, checkpoint_path(self.save_dir, iteration))
         self._last_saved_iteration = iteration
-        prune_checkpoints(self.save_dir, self.keep)
+        prune_checkpoints(self.save_dir, self.keep, self.keep_iterations)
 
     def _complete(self, engine: Engine) -> None:
         if self.is_writer and self.final_filename is not None:
