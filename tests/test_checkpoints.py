@@ -22,13 +22,13 @@ from monai.transforms import Compose, RandGaussianNoised
 from monai.utils import set_determinism
 
 from cover3d.data import StreamDataset, StreamSampler
+from cover3d.engine.checkpoints import prune_checkpoints
 from cover3d.engine import (
     CheckpointMismatchError,
     RunLock,
     RunLockedError,
     TrainingCheckpoints,
     list_checkpoints,
-    prune_checkpoints,
     require_bool,
 )
 
