@@ -1,94 +1,58 @@
-"""README snippets run as written in a fresh clone after README command (1).
-
-Command (1) pretrains ``cover_ct`` (minutes); here its outputs are made directly from the bundle's own config: an
-untrained ``CoverNet`` of the bundle's widths as ``bundles/cover_ct/models/model.pt`` and the ``metadata.json`` the
-run writes next to it. The snippets themselves are taken from README.md and executed unchanged.
-"""
+"""The Python snippets of README.md and docs/bundles.md run as written from the repository root of a fresh clone:
+they load the shipped weights ``weights/cover_mri_pool_2mm/model.pt``. (The shell commands of the README and the
+docs, the field-export snippet included, run in ``tests/test_docs_commands.py``.)"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
-import torch
-from monai.bundle import ConfigParser
-
-from cover3d.engine import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def readme_blocks(heading: str, language: str) -> list[str]:
-    """The ``language`` code blocks of the README section starting at the line ``heading`` (up to the next heading)."""
-    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
-    body, in_code = [], False
-    for line in lines[lines.index(heading) + 1 :]:
-        if line.startswith("#") and not in_code:
-            break
-        in_code ^= line.startswith("```")
-        body.append(line)
-    return re.findall(rf"```{language}\n(.*?)```", "\n".join(body), flags=re.S)
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / page).read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """A folder laid out like the repository after command (1): the cover_ct bundle with models/, the CT sample."""
-    root = tmp_path_factory.mktemp("clone")
-    skip = shutil.ignore_patterns("models", "runs", "eval", "predictions")
-    shutil.copytree(REPO / "bundles" / "cover_ct", root / "bundles" / "cover_ct", ignore=skip)
-    shutil.copytree(REPO / "sample_data" / "ct", root / "sample_data" / "ct")
-    parser = ConfigParser()
-    parser.read_config(str(root / "bundles" / "cover_ct" / "train.json"))
-    parser["bundle_root"] = str(root / "bundles" / "cover_ct")
-    models = Path(parser.get_parsed_content("ckpt_dir"))
-    models.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), models / "model.pt")
-    write_json_atomic(parser.get_parsed_content("weights_metadata"), models / "metadata.json")
-    return root
-
-
-def test_downstream_snippets_load_the_whole_backbone_and_warn_as_documented(clone, monkeypatch, caplog):
-    blocks = readme_blocks("## Using the pretrained weights downstream", "python")
-    assert len(blocks) == 2
-    monkeypatch.chdir(clone)
+def test_readme_loads_the_whole_shipped_backbone_into_monais_basic_unet(monkeypatch):
+    (snippet,) = python_blocks("README.md")
+    assert "weights/cover_mri_pool_2mm/model.pt" in snippet and (REPO / "weights/cover_mri_pool_2mm/model.pt").is_file()
+    monkeypatch.chdir(REPO)
     namespace: dict = {}
-    exec(blocks[0], namespace)  # noqa: S102 - the README's own code
+    exec(snippet, namespace)  # noqa: S102 - the README's own code
     report = namespace["report"]
     assert report.backbone_fraction == 1.0 and len(report.loaded) == 80 and report.warnings == []
     assert sorted(report.missing) == ["final_conv.bias", "final_conv.weight"]
     assert type(namespace["net"]).__module__ == "monai.networks.nets.basic_unet"
 
+
+def test_downstream_snippet_warns_about_each_preprocessing_difference_as_documented(monkeypatch, caplog):
+    (snippet,) = python_blocks("docs/bundles.md")
+    monkeypatch.chdir(REPO)
     caplog.set_level(logging.WARNING)
-    exec(blocks[1], namespace)  # noqa: S102
-    comments = [line for line in blocks[1].splitlines() if line.lstrip().startswith("#")]
+    namespace: dict = {}
+    exec(snippet, namespace)  # noqa: S102 - the docs' own code
+    comments = [line for line in snippet.splitlines() if line.lstrip().startswith("#")]
     documented = [line.split("# logs:")[-1].strip(" #") for line in comments]
+    assert len(documented) == 2
     assert namespace["report"].warnings == documented and namespace["report"].backbone_fraction == 1.0
     assert all(w in caplog.text for w in documented)
 
 
-@pytest.mark.slow
-def test_field_export_snippets_run_and_plain_simpleitk_reads_the_field(clone, monkeypatch):
-    (command,) = readme_blocks("### Predicting and exporting fields", "bash")
-    (snippet,) = readme_blocks("### Predicting and exporting fields", "python")
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` is this interpreter
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": path, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "NCC" in result.stdout and "foreground overlap" in result.stdout
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation but ``-`` dropped, spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
-    monkeypatch.chdir(clone)
-    namespace: dict = {}
-    exec(snippet, namespace)  # noqa: S102
-    warped, moving = namespace["warped"], namespace["moving"]
-    assert warped.GetSize() == moving.GetSize() and warped.GetPixelIDValue() == moving.GetPixelIDValue()
-    summary = json.loads(Path(f"{namespace['prefix']}_summary.json").read_text())
-    assert set(summary["similarity"]) == {"ncc_before", "ncc_after", "mi_before", "mi_after"}
-    assert 0 <= summary["foreground_overlap"] <= 1 and isinstance(summary["warnings"], list)
+
+def test_links_between_the_readme_and_the_docs_pages_resolve():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    assert len(pages) == 7
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        for target, anchor in re.findall(r"\]\(([^)#\s]*\.md|)(?:#([^)\s]+))?\)", text):
+            linked = (page.parent / target).resolve() if target else page
+            assert linked.is_file(), f"{page.name}: link to missing {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)
+                assert anchor in {github_anchor(h) for h in headings}, f"{page.name}: no heading #{anchor} in {linked.name}"

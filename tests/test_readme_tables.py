@@ -1,4 +1,4 @@
-"""README tables are generated from the tracked result files, and the README in the repository is up to date."""
+"""The documentation's tables are generated from the tracked result files, and README.md and docs/*.md are up to date."""
 
 from __future__ import annotations
 
@@ -13,9 +13,21 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import readme_tables  # noqa: E402
 
 
-def test_readme_is_generated_from_the_result_files():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "<!-- table:bundle_defaults -->" in readme and "<!-- table:threads -->" in readme
+GENERATED = {  # every generated table and the page it belongs to
+    "docs/bundles.md": {"bundle_defaults"},
+    "docs/performance.md": {"threads", "gpu_check"},
+    "docs/evidence.md": {"seg_convergence", "label_efficiency_la", "label_efficiency_la_backbone_lr",
+                         "label_efficiency_acdc", "label_efficiency_acdc_2400its", "feature_probe", "pretext_comparison",
+                         "pretext_head_to_head", "pretext_comparison_long", "pretext_head_to_head_long"},
+}
+
+
+def test_docs_are_generated_from_the_result_files():
+    for page, names in GENERATED.items():
+        text = (REPO / page).read_text(encoding="utf-8")
+        assert {m.group("name") for m in readme_tables._BLOCK.finditer(text)} == names, page
+    assert readme_tables.documentation_files()[0] == REPO / "README.md"
+    assert {str(p.relative_to(REPO)) for p in readme_tables.documentation_files()} >= set(GENERATED)
     assert readme_tables.main(["--check"]) == 0
 
 
@@ -25,15 +37,18 @@ def test_check_catches_a_hand_edited_number_and_rewrite_restores_it(tmp_path, mo
     cases = [{"load": "idle", "threads": 1, "median": 0.5}, {"load": "idle", "threads": 2, "median": 0.8}]
     (results / "threads.json").write_text(json.dumps({"cases": cases}))
     monkeypatch.setattr(readme_tables, "RESULTS", results)
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- table:threads -->\nold\n<!-- /table:threads -->\nend\n")
-    assert readme_tables.main(["--check", "--readme", str(readme)]) == 1
-    assert readme_tables.main(["--readme", str(readme)]) == 0
-    text = readme.read_text(encoding="utf-8")
+    page = tmp_path / "performance.md"
+    page.write_text("intro\n<!-- table:threads -->\nold\n<!-- /table:threads -->\nend\n")
+    untouched = tmp_path / "other.md"
+    untouched.write_text("no tables\n")
+    files = ["--files", str(untouched), str(page)]
+    assert readme_tables.main(["--check", *files]) == 1
+    assert readme_tables.main(files) == 0
+    text = page.read_text(encoding="utf-8")
     assert "| idle | 2       | 0.800         | 1.60x       |" in text and text.startswith("intro\n") and text.endswith("end\n")
-    assert readme_tables.main(["--check", "--readme", str(readme)]) == 0
-    readme.write_text(text.replace("0.800", "0.900"))
-    assert readme_tables.main(["--check", "--readme", str(readme)]) == 1
+    assert readme_tables.main(["--check", *files]) == 0 and untouched.read_text() == "no tables\n"
+    page.write_text(text.replace("0.800", "0.900"))
+    assert readme_tables.main(["--check", *files]) == 1
 
 
 def test_unknown_table_is_an_error():
