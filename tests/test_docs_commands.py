@@ -71,7 +71,7 @@ class Workspace:
     env: dict = field(default_factory=dict)
 
     def localise(self, command: str) -> str:
-        command = command.replace("/data/", f"{self.root}/data/")
+        command = re.sub(r"(?<![\w./])/data/", f"{self.root}/data/", command)  # not ../shared/data/
         return re.sub(r"(?<![\w/])data_lists/my_", f"{self.root}/data_lists/my_", command)
 
     def run(self, command: str, overrides: str = "", expect_ok: bool = True) -> subprocess.CompletedProcess:
@@ -308,12 +308,12 @@ def seg_inference_one_volume(command: str, request) -> None:
     inference = json.loads((REPO / "bundles" / "cover_seg" / "inference.json").read_text())
     pending("tools", "image" in inference)
     run, workspace = request.getfixturevalue("seg_run"), request.getfixturevalue("workspace")
-    out = run / "predictions"
+    image = Path(re.search(r"--image (\S+)", workspace.localise(command)).group(1))
+    out = run / "predictions" / image.name  # one folder per documented command
     command = command.replace("bundles/cover_seg/models/model.pt", f"{run}/models/model.pt")
     workspace.run(command, f"--output_dir {out} --patch_size '[32,32,32]'")
     (prediction,) = out.glob("*.nii.gz")
-    image = re.search(r"--image (\S+)", workspace.localise(command)).group(1)
-    assert nib.load(str(prediction)).shape == nib.load(image if image.startswith("/") else str(REPO / image)).shape
+    assert nib.load(str(prediction)).shape == nib.load(str(REPO / image)).shape  # REPO / an absolute path = that path
 
 
 def field_export(command: str, request) -> None:
