@@ -265,9 +265,9 @@ def runs_as_written(command: str, request) -> None:
 def torchscript_export(command: str, request) -> None:
     workspace = request.getfixturevalue("workspace")
     target = workspace.folder("export") / "model.ts"
-    workspace.run(command, f"--filepath {target}")
+    workspace.run(command, f"--filepath {target} --input_shape '[1, 2, 32, 32, 32]'")  # a smaller trace: cheaper
     traced = torch.jit.load(str(target))
-    assert traced(torch.rand(1, 2, 48, 48, 48)).shape == (1, 3, 48, 48, 48)
+    assert traced(torch.rand(1, 2, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
 
 def dry_run(command: str, request) -> None:
