@@ -21,12 +21,12 @@ NNUNET_MISSING = "nnU-Net interop needs the [nnunet] extra: pip install -e '.[nn
 DATASET = "Dataset501_Cover3dBlobs"
 
 
-def pretrained_bundle(folder: Path, overlay: bool = True) -> tuple[Path, dict]:
-    """``model.pt`` and ``metadata.json`` as cover_mri (+ backbone_nnunet.json) writes them, for a small network."""
+def pretrained_bundle(folder: Path, overlay: bool = True, bundle: Path = BUNDLE) -> tuple[Path, dict]:
+    """``model.pt`` and ``metadata.json`` as a bundle (+ backbone_nnunet.json) writes them, for a small network."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "train.json")] + ([str(BUNDLE / "backbone_nnunet.json")] if overlay else []))
+    parser.read_config([str(bundle / "train.json")] + ([str(bundle / "backbone_nnunet.json")] if overlay else []))
     parser.update({"channels": [4, 8, 8, 16, 16], "patch_size": [32, 32, 32]})
     network = parser.get_parsed_content("network_def")
     metadata = parser.get_parsed_content("weights_metadata")
@@ -131,6 +131,46 @@ def test_export_refuses_plans_that_do_not_match_the_checkpoint(tmp_path):
     with pytest.raises(InputValueError, match=r"network_weights encoder.stages.4.0.convs.0.conv.weight has shape "
                                               r"\(16, 16, 3, 3, 3\), the network the plans build has \(32, 16, 3, 3, 3\)"):
         check_checkpoint_matches_plans(checkpoint, plans, "3d_fullres", dataset)
+
+
+def test_exported_ct_normalisation_is_the_pretraining_hu_window(tmp_path):
+    """nnU-Net's CTNormalization with the exported intensity properties = cover_ct's HU window -> [0, 1], clipped."""
+    pytest.importorskip("nnunetv2", reason=NNUNET_MISSING)
+    from monai.transforms import ScaleIntensityRange
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
+
+    from cover3d.export import nnunet_plans
+
+    _, metadata = pretrained_bundle(tmp_path / "models", bundle=REPO / "bundles" / "cover_ct")
+    base = {"image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "original_median_shape_after_transp":
+            [100, 100, 100], "original_median_spacing_after_transp": [1.0, 1.0, 1.0], "configurations": {"3d_fullres": {}},
+            "foreground_intensity_properties_per_channel": {"0": {"mean": 40.0, "std": 300.0, "percentile_00_5": -900.0,
+                                                                  "percentile_99_5": 1500.0}}}  # fmt: skip
+    plans = nnunet_plans(base, {"channel_names": {"0": "CT"}}, metadata)
+    config = plans["configurations"]["3d_fullres"]
+    assert config["normalization_schemes"] == ["CTNormalization"] and config["spacing"] == [2.5, 2.5, 2.5]
+    hu = np.random.default_rng(0).uniform(-2000, 3000, (1, 20, 20, 20)).astype(np.float32)
+    normaliser = CTNormalization(intensityproperties=plans["foreground_intensity_properties_per_channel"]["0"])
+    expected = ScaleIntensityRange(a_min=-1000, a_max=1000, b_min=0.0, b_max=1.0, clip=True)(hu)
+    np.testing.assert_allclose(normaliser.run(hu.copy()), np.asarray(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("reader", ["SimpleITKIO", "NibabelIO", "NibabelIOWithReorient"])
+def test_exported_spacing_is_on_the_axes_nnunet_reads(reader, tmp_path):
+    """An anisotropic pretraining spacing lands on the axes of the arrays nnU-Net's reader makes of an (x, y, z) file,
+    after the plans' transpose_forward."""
+    pytest.importorskip("nnunetv2", reason=NNUNET_MISSING)
+    import pydoc
+
+    from cover3d.export.nnunet import _to_nnunet_axes
+
+    path = tmp_path / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 12, 14), np.float32), np.diag([1.0, 2.0, 3.0, 1.0])), str(path))
+    reader_class = pydoc.locate(f"nnunetv2.imageio.{'simpleitk' if 'ITK' in reader else 'nibabel'}_reader_writer.{reader}")
+    _, properties = reader_class().read_images([str(path)])
+    transpose = [1, 0, 2]
+    read = [float(properties["spacing"][axis]) for axis in transpose]
+    assert _to_nnunet_axes([1.0, 2.0, 3.0], {"image_reader_writer": reader, "transpose_forward": transpose}, "spacing") == read
 
 
 @pytest.mark.slow

@@ -26,9 +26,8 @@ from cover3d.networks.weights import pretraining_metadata, read_state_dict
 __all__ = ["check_checkpoint_matches_plans", "export_nnunet", "nnunet_checkpoint", "nnunet_plans"]
 
 NNUNET_EXTRA_HINT = 'pip install "cover3d[nnunet]"'
-# image readers whose spacing is in the file's axis order (x, y, z) / reversed (SimpleITK's arrays are z, y, x)
-READERS_XYZ = ("NibabelIO", "NibabelIOWithReorient")
-READERS_ZYX = ("SimpleITKIO", "SimpleITKIOWithReorient")
+# nnU-Net 2.8.1 image readers whose arrays and spacing are the file's axes reversed (z, y, x), nibabel's included
+READERS_ZYX = ("SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient")
 
 
 def _read_json(path: str | Path, what: str) -> dict:
@@ -45,14 +44,14 @@ def _read_json(path: str | Path, what: str) -> dict:
 
 
 def _to_nnunet_axes(values: Sequence[float], plans: Mapping, name: str) -> list:
-    """Per-axis ``values`` given in the (x, y, z) axes of the RAS-oriented volume, in the axis order of nnU-Net's
-    arrays: the image reader's order, then ``transpose_forward``. Anisotropic values need a reader of known order."""
+    """Per-axis ``values`` given in the (x, y, z) axes of the file, in the axis order of nnU-Net's arrays: the image
+    reader's (z, y, x), then ``transpose_forward``. Anisotropic values need a reader of known order."""
     reader = plans.get("image_reader_writer")
     if reader in READERS_ZYX:
         values = list(values)[::-1]
-    elif reader not in READERS_XYZ and len(set(values)) > 1:
+    elif len(set(values)) > 1:
         raise InputValueError(f"plans image_reader_writer {reader!r}: cannot place the anisotropic pretraining "
-                              f"{name} {list(values)} on its axes (known: {', '.join(READERS_XYZ + READERS_ZYX)})")
+                              f"{name} {list(values)} on its axes (known readers: {', '.join(READERS_ZYX)})")
     return [list(values)[axis] for axis in plans.get("transpose_forward", [0, 1, 2])]
 
 
