@@ -3,7 +3,6 @@ from cover3d.engine.bundle import locate_bundle
 from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoint, list_checkpoints, save_atomic, write_json_atomic
 from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
-from cover3d.engine.pseudo_fields import cycle_consistent_field
 from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
 from cover3d.engine.settings import default_num_threads, require_bool, require_bools, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
@@ -19,7 +18,6 @@ __all__ = [
     "RunLock",
     "RunLockedError",
     "TrainingCheckpoints",
-    "cycle_consistent_field",
     "default_num_threads",
     "effective_rank",
     "feature_health",
