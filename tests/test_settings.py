@@ -219,3 +219,21 @@ def test_check_settings_compares_context_with_patch_and_knows_every_name():
         check_settings(patch_size=[48, 48, 32], context_size=[48, 40, 32])
     with pytest.raises(KeyError, match="no rule for setting"):
         check_settings(epoch=10)
+
+
+@pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
+def test_bundle_readme_lists_every_checked_setting_with_its_rule(name):
+    """The "Settings" table of each bundle README names every setting its configs check, each with the text of
+    its rule, so the documented ranges cannot drift from the checks."""
+    checked = set()
+    for kind in ("train", "evaluate", "inference"):
+        config = json.loads((REPO / "bundles" / name / f"{kind}.json").read_text())
+        checked |= {k for k in config.get("checked_settings", {}) if not k.startswith("_")}
+        checked |= {k.split("#")[1] for k in config if k.startswith("checked_settings#")}
+    readme = (REPO / "bundles" / name / "README.md").read_text().split("## Settings\n", 1)[1]
+    documented = {}
+    for row in readme.split("\n\n", 2)[1].splitlines()[2:]:
+        settings, allowed = row.strip("|").split(" | ")
+        documented.update({s.strip(" `"): allowed.strip() for s in settings.split(",")})
+    assert set(documented) == checked
+    assert {s: SETTING_RULES[s].allowed for s in checked} == documented

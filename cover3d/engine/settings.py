@@ -26,8 +26,16 @@ __all__ = [
     "Rule",
     "check_settings",
     "default_num_threads",
+    "device",
+    "integer",
+    "number",
+    "numbers",
+    "one_of",
+    "optional",
+    "path",
     "require_bool",
     "set_num_threads",
+    "spatial_size",
 ]
 
 # a rule checks ``value`` of the setting ``name`` and raises an InputError naming both; ``rule.allowed`` says what
@@ -49,6 +57,7 @@ def _rule(allowed: str) -> Callable[[Callable[[object, str], None]], Rule]:
     return attach
 
 
+@_rule("True or False")
 def require_bool(value: object, name: str) -> bool:
     """``value`` if it is a bool, else an :class:`~cover3d.errors.InputValueError` naming the setting. On the ``monai.bundle`` command line
     ``--flag false`` arrives as the (truthy) string ``'false'``: only ``--flag False`` / ``--flag True`` are bools."""
@@ -56,9 +65,6 @@ def require_bool(value: object, name: str) -> bool:
         return value
     hint = f" (on the command line write --{name} {str(value).strip().capitalize()})" if str(value).strip().lower() in ("true", "false") else ""
     _refuse(name, value, "True or False", hint)
-
-
-require_bool.allowed = "True or False"
 
 
 def _is_int(value: object) -> bool:
