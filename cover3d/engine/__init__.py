@@ -4,7 +4,7 @@ from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoin
 from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
 from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
-from cover3d.engine.settings import default_num_threads, require_bool, require_bools, set_num_threads
+from cover3d.engine.settings import check_settings, default_num_threads, require_bool, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
@@ -18,6 +18,7 @@ __all__ = [
     "RunLock",
     "RunLockedError",
     "TrainingCheckpoints",
+    "check_settings",
     "default_num_threads",
     "effective_rank",
     "feature_health",
@@ -30,7 +31,6 @@ __all__ = [
     "prepare_pair_batch",
     "report_field_accuracy",
     "require_bool",
-    "require_bools",
     "save_atomic",
     "scalar_outputs",
     "set_num_threads",
