@@ -25,6 +25,7 @@ from monai.utils import set_determinism
 from cover3d.data import StreamDataset, StreamSampler, datalist_fingerprint
 from cover3d.engine import (
     CheckpointMismatchError,
+    RunFolderError,
     RunLock,
     RunLockedError,
     TrainingCheckpoints,
@@ -32,7 +33,6 @@ from cover3d.engine import (
     require_bool,
 )
 from cover3d.engine.checkpoints import prune_checkpoints, remove_orphan_temporaries, save_atomic
-from cover3d.engine.run_checkpoints import RunFolderError
 
 EPOCH_LENGTH = 4
 

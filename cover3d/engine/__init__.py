@@ -4,7 +4,7 @@ from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoin
 from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
 from cover3d.engine.pseudo_fields import cycle_consistent_field
-from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
+from cover3d.engine.run_checkpoints import CheckpointMismatchError, RunFolderError, TrainingCheckpoints
 from cover3d.engine.settings import default_num_threads, require_bool, require_bools, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
@@ -17,6 +17,7 @@ __all__ = [
     "FieldValidation",
     "RepresentationHealth",
     "RunLock",
+    "RunFolderError",
     "RunLockedError",
     "TrainingCheckpoints",
     "cycle_consistent_field",
