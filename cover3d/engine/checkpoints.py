@@ -127,7 +127,9 @@ def remove_orphan_temporaries(save_dir: str | os.PathLike, file_names: Collectio
     return orphans
 
 
-def foreign_entries(save_dir: str | os.PathLike, file_names: Collection[str], folder_names: Collection[str]) -> list[str]:
+def foreign_entries(
+    save_dir: str | os.PathLike, file_names: Collection[str], folder_names: Collection[str]
+) -> list[str]:
     """Names in ``save_dir`` that a cover3d run did not write there, sorted (empty for a missing or empty folder).
 
     A run folder holds only ``checkpoint_<n>.pt`` (and ``checkpoint_<n>.pt.damaged``), ``.lock``, cover3d's

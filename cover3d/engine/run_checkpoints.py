@@ -207,7 +207,8 @@ class TrainingCheckpoints:
         """(file names, folder names) that cover3d runs write directly into ``save_dir``."""
         files = {Path(o).name for o in self.run_outputs if not Path(o).is_absolute()}
         outputs = [*self.run_outputs, *([self.log_dir] if self.log_dir is not None else [])]
-        folders = {"runs", "eval"} | {Path(o).name for o in outputs if (self.save_dir / o).resolve().parent == self.save_dir.resolve()}
+        inside = self.save_dir.resolve()
+        folders = {"runs", "eval"} | {Path(o).name for o in outputs if (self.save_dir / o).resolve().parent == inside}
         return files, folders
 
     def _refuse_foreign_folder(self) -> None:
@@ -227,7 +228,8 @@ class TrainingCheckpoints:
             for orphan in remove_orphan_temporaries(self.save_dir, self._own_names()[0]):
                 logger.warning(f"removed {orphan}, left behind by an interrupted write")
             if not self.resume and (moved := move_aside(self.save_dir, self.run_outputs, self.log_dir)) is not None:
-                logger.warning(f"fresh start (resume False): the previous run's checkpoints, weights, metadata and logs were moved to {moved}")
+                logger.warning(f"fresh start (resume False): the previous run's checkpoints, weights, metadata and "
+                               f"logs were moved to {moved}")  # fmt: skip
         if idist.get_world_size() > 1:
             idist.barrier()  # the other ranks look for checkpoints only after rank 0 has tidied the folder
         if self.resume:
