@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 from _common import shared_data
-from label_efficiency import run_bundle
 from monai.bundle import ConfigParser
-from monai.utils import set_determinism
 
-from cover3d.engine import feature_health, field_accuracy, fixed_pairs
+from cover3d.protocols.bundle_runs import run_bundle
+from cover3d.protocols.pretext_comparison import field_and_feature_health
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cover_mri"
@@ -40,29 +39,6 @@ VARIANTS = {  # name -> (overlay files in the bundle, overrides)
 
 def config_files(overlays: tuple[str, ...]) -> list[Path]:
     return [BUNDLE / "train.json", *(BUNDLE / name for name in overlays)]
-
-
-@torch.no_grad()
-def measure(parser: ConfigParser, weights: Path | None, num_pairs: int, seed: int) -> dict[str, float]:
-    """Field accuracy and feature health of the bundle's network (``weights`` loaded, or at initialisation)."""
-    set_determinism(seed=0)
-    network = parser.get_parsed_content("network")
-    if weights is not None:
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    pairs = fixed_pairs(parser.get_parsed_content("validate#volumes"), parser.get_parsed_content("pair_transform"),
-                        num_pairs, seed=seed)  # fmt: skip
-    result = field_accuracy(network, pairs)
-    network.eval()
-    health: dict[str, list[float]] = {}
-    for pair in pairs:
-        for key in ("image", "image_b"):
-            view = torch.as_tensor(pair[key])[None]
-            features = network.backbone(view)[-1]
-            set_determinism(seed=0)
-            for region, mask in (("all", None), ("inside", (view > 0).float())):
-                for name, value in feature_health(features, 4096, mask).items():
-                    health.setdefault(f"{name}_{region}", []).append(value)
-    return {**result, **{k: sum(v) / len(v) for k, v in health.items()}}
 
 
 def main() -> None:
@@ -96,7 +72,7 @@ def main() -> None:
     untrained = ConfigParser()
     untrained.read_config([str(f) for f in config_files(())])
     untrained.update(common)
-    variants["untrained"] = measure(untrained, None, args.pairs, seed=2024)
+    variants["untrained"] = field_and_feature_health(untrained, None, args.pairs, seed=2024)
     print("untrained", variants["untrained"], flush=True)
     for name in args.variants:
         overlays, overrides = VARIANTS[name]
@@ -108,7 +84,7 @@ def main() -> None:
         config = ConfigParser()
         config.read_config([str(f) for f in config_files(overlays)])
         config.update(settings)
-        variants[name] = {**measure(config, run_dir / "models" / "model.pt", args.pairs, seed=2024),
+        variants[name] = {**field_and_feature_health(config, run_dir / "models" / "model.pt", args.pairs, seed=2024),
                           "train_seconds": seconds, "overlays": list(overlays), "overrides": overrides}  # fmt: skip
         print(name, variants[name], flush=True)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """How well the cycle residual filters predicted fields: kept fraction and error of the kept voxels.
 
-With pretrained ``cover_mri`` weights, :func:`cover3d.engine.cycle_consistent_field` is applied to
+With pretrained ``cover_mri`` weights, :func:`cover3d.metrics.cycle_consistent_field` is applied to
 
 - synthetic pairs of held-out volumes (the bundle's pair transform, seeded; the true field is known): for each
   threshold, the fraction of valid voxels kept and the end-point error (voxels) on the kept voxels vs on all
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from _common import shared_data
 from collapse_guard import BUNDLE, REPO
-from label_efficiency import parse_assignments
 from monai.bundle import ConfigParser
 from monai.transforms import ResizeWithPadOrCrop
 
-from cover3d.engine import cycle_consistent_field, fixed_pairs
-from cover3d.metrics import endpoint_error, global_ncc
+from cover3d.engine import fixed_pairs
+from cover3d.metrics import cycle_consistent_field, endpoint_error, global_ncc
+from cover3d.protocols.bundle_runs import parse_assignments
 from cover3d.transforms import affine_align
 
 

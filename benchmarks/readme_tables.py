@@ -68,7 +68,7 @@ def seg_convergence() -> str:
 
 
 def label_efficiency(folder: str, class_names: Sequence[str] = ()) -> str:
-    """``<folder>/summary.csv`` and ``paired.csv`` (benchmarks/label_efficiency.py): per size, scratch and each
+    """``<folder>/summary.csv`` and ``paired.csv`` (``python -m cover3d.protocols.label_efficiency``): per size, scratch and each
     other mode, and the paired difference with its two 95 % intervals; with ``class_names`` (multi-class data) also
     each class's mean Dice, scratch -> mode."""
     def read(name: str) -> list[dict]:
@@ -109,8 +109,8 @@ def label_efficiency(folder: str, class_names: Sequence[str] = ()) -> str:
 
 
 def feature_probe_table() -> str:
-    """``feature_probe/*.json`` (benchmarks/feature_probe.py): its own markdown report."""
-    from feature_probe import markdown_report
+    """``feature_probe/*.json`` (``python -m cover3d.protocols.feature_probe``): its own markdown report."""
+    from cover3d.protocols.feature_probe import markdown_report
 
     names = ("untrained_seed0", "cover_mri_default", "cover_mri_default_foreground", "cover_mri_pool_2mm")
     paths = [RESULTS / "feature_probe" / f"{name}.json" for name in names]
@@ -118,8 +118,10 @@ def feature_probe_table() -> str:
 
 
 def pretext_comparison_table(folder: str) -> str:
-    """``<folder>/results.json`` (benchmarks/pretext_comparison.py): one row per pretext, in its order."""
-    from pretext_comparison import PRETEXTS, markdown_table as pretext_table
+    """``<folder>/results.json`` (``python -m cover3d.protocols.pretext_comparison``): one row per pretext, in its
+    order."""
+    from cover3d.protocols.pretext_comparison import PRETEXTS
+    from cover3d.protocols.pretext_comparison import markdown_table as pretext_table
 
     rows = json.loads((RESULTS / folder / "results.json").read_text())["pretexts"]
     return pretext_table({name: rows[name] for name in PRETEXTS if name in rows})
@@ -127,7 +129,7 @@ def pretext_comparison_table(folder: str) -> str:
 
 def pretext_head_to_head(folder: str) -> str:
     """``<folder>/head_to_head.csv``: each COVER variant's fine-tune Dice minus each baseline's."""
-    from pretext_comparison import head_to_head_table
+    from cover3d.protocols.pretext_comparison import head_to_head_table
 
     with open(RESULTS / folder / "head_to_head.csv", newline="") as f:
         return head_to_head_table(list(csv.DictReader(f)))

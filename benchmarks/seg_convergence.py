@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import parse_assignments, read_metrics, run_bundle, write_csv  # noqa: E402
+from cover3d.protocols.bundle_runs import parse_assignments, read_metrics, run_bundle, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 

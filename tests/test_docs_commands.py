@@ -365,6 +365,25 @@ def one_line_error(command: str, request) -> None:
     assert last == block_comment_after(command, page).removeprefix("last line: ")
 
 
+def covered_by(test: str) -> Callable:
+    """A command another test runs (named ``tests/<file>.py::<test>``): that test exists."""
+
+    def check(command: str, request) -> None:
+        path, name = test.split("::")
+        assert f"def {name}(" in (REPO / path).read_text(), f"{command}: {test} is gone"
+
+    return check
+
+
+def nnunet_extra(command: str, request) -> None:
+    assert "nnunet =" in (REPO / "setup.cfg").read_text() and (REPO / "constraints.txt").is_file()
+
+
+def nnunet_backbone_pretraining(command: str, request) -> None:
+    pytest.importorskip("dynamic_network_architectures", reason="needs the nnunet extra: pip install -e '.[nnunet]'")
+    pretrain(request.getfixturevalue("workspace"), command, "nnunet")
+
+
 COMMANDS: dict[str, Callable[[str, object], None]] = {
     # README.md
     'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e . && python -m monai.bundle run '
@@ -437,6 +456,24 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
     "python -m monai.bundle run --config_file \"['bundles/cover_mri/train.json','bundles/cover_mri/pseudo_fields.json']\" "
     "--pseudo#teacher_weights weights/cover_mri_pool_2mm/model.pt --ckpt_dir bundles/cover_mri/models_round1":
         overlay_pretraining("pseudo", "--pseudo#pairs 1"),
+    # docs/nnunet.md (steps 2-4 need nnU-Net's own tools and a dataset; tests/test_nnunet.py runs them on synthetic data)
+    'pip install -e ".[nnunet]" -c constraints.txt': nnunet_extra,
+    "python -m monai.bundle run --config_file \"['bundles/cover_mri/train.json','bundles/cover_mri/backbone_nnunet.json']\"":
+        nnunet_backbone_pretraining,
+    "export nnUNet_raw=... nnUNet_preprocessed=... nnUNet_results=...":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    "nnUNetv2_plan_and_preprocess -d 501 --no_pp":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    "python -m cover3d.export --format nnunet --weights bundles/cover_mri/models/model.pt --plans "
+    "$nnUNet_preprocessed/Dataset501_X/nnUNetPlans.json --out $nnUNet_preprocessed/Dataset501_X":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    "nnUNetv2_preprocess -d 501 -plans_name nnUNetPlans_cover3d -c 3d_fullres":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    "nnUNetv2_train 501 3d_fullres 0 -p nnUNetPlans_cover3d -pretrained_weights "
+    "$nnUNet_preprocessed/Dataset501_X/nnUNetPlans_cover3d_pretrained.pt":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    "nnUNetv2_train 501 3d_fullres 0 -p nnUNetPlans_cover3d":
+        covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
     # docs/troubleshooting.md
     "python -m monai.bundle run --config_file bundles/cover_mri/train.json --resume false": one_line_error,
 }

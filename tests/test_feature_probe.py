@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from cover3d.networks import CoverNet, UNetBackbone
+import cover3d.protocols.feature_probe as fp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import feature_probe as fp  # noqa: E402
 from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 

@@ -15,34 +15,34 @@ import pytest
 import torch
 
 from cover3d.networks.nets.cover import CoverNet
+import cover3d.protocols.label_efficiency as le
+from cover3d.protocols.bundle_runs import parse_assignments
+from cover3d.protocols.subsets import nested_subset, read_pool, subset_sizes
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import label_efficiency as le  # noqa: E402
 from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 
 def test_subsets_are_nested_seeded_and_checked():
     pool = [{"image": f"img_{i}.nii.gz"} for i in range(10)]
-    small, large = le.nested_subset(pool, 3, seed=1), le.nested_subset(pool, 6, seed=1)
+    small, large = nested_subset(pool, 3, seed=1), nested_subset(pool, 6, seed=1)
     assert large[:3] == small and len({e["image"] for e in large}) == 6
-    assert le.nested_subset(pool, 6, seed=2) != large
-    assert le.subset_sizes(["4", "all", "2"], 10) == [2, 4, 10]
+    assert nested_subset(pool, 6, seed=2) != large
+    assert subset_sizes(["4", "all", "2"], 10) == [2, 4, 10]
     with pytest.raises(ValueError, match=r"sizes must be in \[1, 10\]"):
-        le.subset_sizes(["11"], 10)
+        subset_sizes(["11"], 10)
 
 
 def test_assignments_and_pool_reading(tmp_path):
-    assert le.parse_assignments(["patch_size=[48,48,32]", "modality=ct", "lr=0.01"]) == {
+    assert parse_assignments(["patch_size=[48,48,32]", "modality=ct", "lr=0.01"]) == {
         "patch_size": [48, 48, 32], "modality": "ct", "lr": 0.01}
     with pytest.raises(ValueError, match="key=value"):
-        le.parse_assignments(["patch_size"])
+        parse_assignments(["patch_size"])
     path = tmp_path / "pool.json"
     path.write_text(json.dumps({"training": [{"image": "a"}], "validation": [{"image": "b"}]}))
-    assert le.read_pool(path, ["training", "validation"]) == [{"image": "a"}, {"image": "b"}]
+    assert read_pool(path, ["training", "validation"]) == [{"image": "a"}, {"image": "b"}]
     with pytest.raises(ValueError, match=r"no list\(s\) \['test'\]"):
-        le.read_pool(path, ["test"])
+        read_pool(path, ["test"])
 
 
 def test_summary_and_table_pair_runs_by_seed():
@@ -69,7 +69,7 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     torch.save(CoverNet(1, TINY_CHANNELS).state_dict(), weights)
     output = tmp_path / "results"
     command = [
-        sys.executable, str(REPO / "benchmarks" / "label_efficiency.py"), "--dataset-dir", str(data),
+        sys.executable, "-m", "cover3d.protocols.label_efficiency", "--dataset-dir", str(data),
         "--pool", str(data / "pool.json"), "--test", str(data / "test.json"), "--pretrained-weights", str(weights),
         "--sizes", "1", "all", "--seeds", "0", "--overlay", "--epochs", "3", "--iterations-per-epoch", "16",
         "--set", "pixdim=[2,2,2]", "patch_size=[32,32,16]", f"channels={json.dumps(TINY_CHANNELS)}",
@@ -122,8 +122,11 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
 
 
 def test_pretrained_modes_need_weights(tmp_path, capsys):
+    for name in ("p.json", "t.json"):
+        (tmp_path / name).write_text("{}")
     with pytest.raises(SystemExit):
-        le.main(["--dataset-dir", str(tmp_path), "--pool", "p.json", "--test", "t.json"])
+        le.main(["--dataset-dir", str(tmp_path), "--pool", str(tmp_path / "p.json"), "--test", str(tmp_path / "t.json"),
+                 "--output", str(tmp_path / "out")])
     assert "need --pretrained-weights or --pretrain-config" in capsys.readouterr().err
 
 

@@ -1,17 +1,15 @@
-"""pretext_comparison.py's fine-tune stage: scratch runs trained once and paired with every pretext; its table."""
+"""cover3d.protocols.pretext_comparison's fine-tune stage: scratch runs trained once and paired with every pretext;
+its table."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import pretext_comparison as pc  # noqa: E402
+import cover3d.protocols.pretext_comparison as pc
 
 
 def fake_label_efficiency(trained: list[str], dice: dict[str, float]):
@@ -19,7 +17,7 @@ def fake_label_efficiency(trained: list[str], dice: dict[str, float]):
 
     def run(argv: list[str]) -> None:
         args = argparse.ArgumentParser()
-        for name in ("--output", "--pretrained-weights", "--dataset-dir", "--pool", "--test"):
+        for name in ("--output", "--pretrained-weights", "--dataset-dir", "--pool", "--test", "--test-key"):
             args.add_argument(name)
         for name in ("--modes", "--sizes", "--seeds"):
             args.add_argument(name, nargs="+")
@@ -50,8 +48,8 @@ def fake_label_efficiency(trained: list[str], dice: dict[str, float]):
 def test_scratch_runs_are_trained_once_and_linked_into_every_pretext(tmp_path, monkeypatch):
     trained: list[str] = []
     monkeypatch.setattr(pc, "label_efficiency", fake_label_efficiency(trained, {"scratch": 0.6, "cover": 0.7, "infonce": 0.65}))
-    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0, 1],
-                              scratch_output=None)
+    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", test_key="test", finetune_sizes=["4"],
+                              seeds=[0, 1], scratch_output=None)
     rows = {}
     for name in ("cover", "infonce"):
         weights = tmp_path / name / "model.pt"
@@ -71,8 +69,8 @@ def test_scratch_runs_of_another_protocol_are_linked_and_rows_merge(tmp_path, mo
     trained: list[str] = []
     monkeypatch.setattr(pc, "label_efficiency", fake_label_efficiency(trained, {"scratch": 0.6, "cover": 0.7}))
     (tmp_path / "protocol" / "runs" / "scratch_n4_seed0").mkdir(parents=True)  # finished elsewhere
-    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", finetune_sizes=["4"], seeds=[0],
-                              scratch_output=str(tmp_path / "protocol"))
+    args = argparse.Namespace(dataset_dir="d", pool="p.json", test="t.json", test_key="test", finetune_sizes=["4"],
+                              seeds=[0], scratch_output=str(tmp_path / "protocol"))
     weights = tmp_path / "cover" / "model.pt"
     weights.parent.mkdir()
     pc.finetune_stage(args, "cover", weights, tmp_path / "out")

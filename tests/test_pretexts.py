@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cover3d.engine import cycle_consistent_field, effective_rank, feature_health, loss_inputs, scalar_outputs
+from cover3d.engine import effective_rank, feature_health, loss_inputs, scalar_outputs
 from cover3d.fields import warp
 from cover3d.losses import (
     ContrastiveLoss,
@@ -19,6 +19,7 @@ from cover3d.losses import (
     VoxelInfoNCELoss,
     voxel_coordinates,
 )
+from cover3d.metrics import cycle_consistent_field
 from cover3d.networks import CoverNet
 from cover3d.transforms import genesis_corruption
 

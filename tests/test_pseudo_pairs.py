@@ -12,7 +12,7 @@ from torch.utils.data import default_collate
 from test_bundles import REPO, TINY, bundle
 
 from cover3d.data import InterSubjectPseudoPairs, MixedPairs, StreamDataset
-from cover3d.engine import cycle_consistent_field
+from cover3d.metrics import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError
 from cover3d.metrics import global_ncc
 from cover3d.networks import CoverNet

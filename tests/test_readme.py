@@ -4,6 +4,7 @@ docs, the field-export snippet included, run in ``tests/test_docs_commands.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -47,7 +48,8 @@ def github_anchor(heading: str) -> str:
 
 def test_links_between_the_readme_and_the_docs_pages_resolve():
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    assert len(pages) == 7
+    assert {p.name for p in pages} >= {"README.md", "method.md", "bundles.md", "performance.md", "evidence.md",
+                                       "fields.md", "troubleshooting.md"}
     for page in pages:
         text = page.read_text(encoding="utf-8")
         for target, anchor in re.findall(r"\]\(([^)#\s]*\.md|)(?:#([^)\s]+))?\)", text):
@@ -56,3 +58,22 @@ def test_links_between_the_readme_and_the_docs_pages_resolve():
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), flags=re.M)
                 assert anchor in {github_anchor(h) for h in headings}, f"{page.name}: no heading #{anchor} in {linked.name}"
+
+
+def test_settings_reference_shows_each_checked_settings_rule():
+    """docs/bundles.md names every setting the bundles check, each row with the text of its rule (the same text as
+    the one-line error), so the documented ranges cannot drift from the checks."""
+    from cover3d.engine.settings import SETTING_RULES
+
+    reference = (REPO / "docs" / "bundles.md").read_text(encoding="utf-8").split("## Settings reference\n", 1)[1]
+    rows = re.findall(r"^\| (`[^|]*`)(?: \([A-Z]+\))? \| ([^|]*) \|", reference, flags=re.M)
+    documented = {name.strip(" `"): allowed.strip() for names, allowed in rows for name in names.split(",")}
+    ruled = {name: allowed for name, allowed in documented.items() if name in SETTING_RULES}
+    assert ruled == {name: SETTING_RULES[name].allowed for name in ruled}
+    checked = set()
+    for config in (REPO / "bundles").glob("*/*.json"):
+        keys = json.loads(config.read_text())
+        checked |= {k for k in keys.get("checked_settings", {}) if not k.startswith("_")}
+        checked |= {k.split("#")[1] for k in keys if k.startswith("checked_settings#")}
+    mentioned = set(re.findall(r"`([a-z_]+)`", reference))
+    assert checked and checked <= mentioned, sorted(checked - mentioned)

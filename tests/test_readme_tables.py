@@ -71,7 +71,7 @@ PAIRED_AT_2 = "pretrained,2,3,0.1,0.02,0.18,0.05,0.15"
 
 
 def write_label_efficiency(folder: Path, summary: list[str], paired_header: str, paired: str) -> None:
-    """A label_efficiency.py output folder with these ``summary.csv`` rows and one ``paired.csv`` row."""
+    """A cover3d.protocols.label_efficiency output folder with these ``summary.csv`` rows and one ``paired.csv`` row."""
     folder.mkdir()
     (folder / "summary.csv").write_text("\n".join([SUMMARY_HEADER, *summary]) + "\n")
     (folder / "paired.csv").write_text(f"{paired_header}\n{paired}\n")

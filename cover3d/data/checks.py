@@ -69,15 +69,15 @@ def label_shape_problem(image: torch.Tensor, image_name: str, label: torch.Tenso
     )
 
 
-def patch_size_problems(patch_size: Sequence[int], divisor: int = 16) -> list[str]:
-    """Problems of a training patch size: 3 positive sizes, each divisible by ``divisor`` (the U-Net halves it
-    4 times); empty when valid."""
+def patch_size_problems(patch_size: Sequence[int], divisor: int = 16, name: str = "patch_size") -> list[str]:
+    """Problems of a training patch size (or another network input size, called ``name`` in the messages): 3
+    positive sizes, each divisible by ``divisor`` (the U-Net halves it 4 times); empty when valid."""
     sizes = [int(p) for p in ensure_tuple(patch_size)]
     if len(sizes) != 3 or min(sizes) <= 0:
-        return [f"patch_size {sizes} must be 3 positive sizes"]
+        return [f"{name} {sizes} must be 3 positive sizes"]
     if any(p % divisor for p in sizes):
         fixed = [max(divisor, round(p / divisor) * divisor) for p in sizes]
-        return [f"patch_size {sizes} is not divisible by {divisor} on every axis (the U-Net halves it 4 times); "
+        return [f"{name} {sizes} is not divisible by {divisor} on every axis (the U-Net halves it 4 times); "
                 f"use e.g. {fixed}"]
     return []
 

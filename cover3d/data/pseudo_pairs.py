@@ -13,8 +13,9 @@ from monai.transforms import Compose, ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
-from cover3d.engine.pseudo_fields import cycle_consistent_field
+from cover3d.metrics import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.networks.weights import read_state_dict
 from cover3d.transforms.alignment import affine_align
 from cover3d.transforms.pair import CoverPaird, foreground_fraction, foreground_mask, fraction_within_reach
 
@@ -29,7 +30,7 @@ class InterSubjectPseudoPairs(Dataset):
     For ``num_pairs`` seeded pairs of distinct items of ``volumes`` (dicts with ``image`` ``(C, *S)``, preprocessed as
     for the synthetic pairs, which crops to the foreground): volume b is affinely aligned onto volume a
     (:func:`~cover3d.transforms.affine_align`), both are centre-cropped or padded to the pair transform's
-    ``patch_size`` (so foreground-centred), then :func:`~cover3d.engine.cycle_consistent_field` of the teacher
+    ``patch_size`` (so foreground-centred), then :func:`~cover3d.metrics.cycle_consistent_field` of the teacher
     (a copy of ``network`` with ``teacher_weights`` loaded) predicts both directions and keeps the voxels whose cycle
     residual is ``<= threshold`` voxels (and, when the pair transform has ``mask_background``, whose view b voxel is
     above its ``background_threshold``, as for the synthetic pairs). Items have the keys and shapes of the output of
@@ -58,7 +59,7 @@ class InterSubjectPseudoPairs(Dataset):
                 "--pseudo#teacher_weights bundles/cover_mri/models/model.pt)")
         teacher = copy.deepcopy(network)
         device = next(teacher.parameters()).device
-        teacher.load_state_dict(torch.load(teacher_weights, map_location=device, weights_only=True))
+        teacher.load_state_dict(read_state_dict(teacher_weights))
         crop = ResizeWithPadOrCrop(pair_transform.pair.patch_size)
         rng = np.random.default_rng(seed)
         self.transform = Compose([])  # nothing random: a StreamDataset may seed it

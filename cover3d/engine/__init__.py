@@ -3,9 +3,8 @@ from cover3d.engine.bundle import locate_bundle
 from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoint, list_checkpoints, save_atomic, write_json_atomic
 from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
-from cover3d.engine.pseudo_fields import cycle_consistent_field
-from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
-from cover3d.engine.settings import default_num_threads, require_bool, require_bools, set_num_threads
+from cover3d.engine.run_checkpoints import CheckpointMismatchError, RunFolderError, TrainingCheckpoints
+from cover3d.engine.settings import check_settings, default_num_threads, require_bool, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
@@ -17,9 +16,10 @@ __all__ = [
     "FieldValidation",
     "RepresentationHealth",
     "RunLock",
+    "RunFolderError",
     "RunLockedError",
     "TrainingCheckpoints",
-    "cycle_consistent_field",
+    "check_settings",
     "default_num_threads",
     "effective_rank",
     "feature_health",
@@ -32,7 +32,6 @@ __all__ = [
     "prepare_pair_batch",
     "report_field_accuracy",
     "require_bool",
-    "require_bools",
     "save_atomic",
     "scalar_outputs",
     "set_num_threads",

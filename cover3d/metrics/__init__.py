@@ -1,6 +1,7 @@
 """Metrics for displacement fields: accuracy (end-point error), plausibility (Jacobian, folding), inverse
-consistency, warped-label Dice (plain functions on ``(B, 3, D, H, W)`` voxel fields plus MONAI cumulative metrics),
-and image similarity / foreground overlap of two volumes."""
+consistency (and the cycle-consistent part of a network's field), warped-label Dice (plain functions on
+``(B, 3, D, H, W)`` voxel fields plus MONAI cumulative metrics), and image similarity / foreground overlap of two
+volumes."""
 
 from cover3d.metrics.field_error import (
     BinnedEndpointError,
@@ -10,6 +11,7 @@ from cover3d.metrics.field_error import (
     endpoint_error_map,
     fraction_within_tolerance,
 )
+from cover3d.metrics.cycle_consistency import cycle_consistent_field
 from cover3d.metrics.inverse_consistency import inverse_consistency_error, inverse_consistency_map
 from cover3d.metrics.jacobian import (
     FoldingFractionMetric,
@@ -29,6 +31,7 @@ __all__ = [
     "LogJacobianStdMetric",
     "PerSampleMetric",
     "binned_endpoint_error",
+    "cycle_consistent_field",
     "endpoint_error",
     "endpoint_error_map",
     "folding_fraction",

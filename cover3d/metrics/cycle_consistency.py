@@ -1,11 +1,12 @@
-"""Pseudo-target fields between two volumes without a known deformation, kept where they are cycle-consistent."""
+"""Pseudo-target fields between two volumes without a known deformation, kept where they are cycle-consistent
+(inverse consistency of a network's two predictions, :func:`inverse_consistency_map`)."""
 
 from __future__ import annotations
 
 import torch
 
 from cover3d.fields import warp
-from cover3d.metrics import inverse_consistency_map
+from cover3d.metrics.inverse_consistency import inverse_consistency_map
 
 __all__ = ["cycle_consistent_field"]
 

@@ -24,7 +24,7 @@ volume, 2 per iteration), 800 iterations per run, sizes 2/4/8/16/all(60), seeds 
 pretrained = 30 runs. Measured per run on this 2-core machine with one other job beside it: about 9 minutes of
 training and 15 s of evaluation, so split the protocol over sessions and cores, e.g. from the repository root::
 
-    python benchmarks/label_efficiency.py --dataset-dir ../shared/data/la_mri_2018 \\
+    python -m cover3d.protocols.label_efficiency --dataset-dir ../shared/data/la_mri_2018 \\
         --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
         --pretrained-weights weights/cover_mri_pool_2mm/model.pt --modes scratch --sizes 2 4 \\
         --output benchmarks/results/label_efficiency_la
@@ -46,7 +46,6 @@ import hashlib
 import itertools
 import json
 import math
-import random
 import re
 import statistics
 import time
@@ -54,68 +53,19 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.protocols.bundle_runs import bundle_folder, parse_assignments, read_metrics, run_bundle, write_csv
+from cover3d.protocols.options import existing_dir, existing_file, non_negative_float, non_negative_int, positive_int
+from cover3d.protocols.subsets import nested_subset, read_pool, subset_sizes
+
+__all__ = ["MODES", "argument_parser", "finished_runs", "main", "paired_statistics", "summarise"]
+
 MODES = {  # mode -> (uses the pretrained weights, backbone frozen)
     "scratch": (False, False),
     "pretrained": (True, False),
     "probe": (True, True),
 }
-DEFAULT_OVERLAY = REPO / "bundles" / "cover_seg" / "converged.json"
-
-
-def parse_assignments(items: Sequence[str]) -> dict:
-    """``["key=value", ...]`` -> dict; values parsed as JSON when possible (``patch_size=[48,48,32]``), else strings."""
-    settings = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {item!r}")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
-
-
-def read_pool(path: str | Path, keys: Sequence[str]) -> list[dict]:
-    """Entries of lists ``keys`` of datalist ``path`` (paths unchanged, relative to the dataset folder)."""
-    content = json.loads(Path(path).read_text())
-    missing = [k for k in keys if not isinstance(content.get(k), list)]
-    if missing:
-        raise ValueError(f"datalist {path} has no list(s) {missing} (found: {sorted(content)})")
-    return [entry for key in keys for entry in content[key]]
-
-
-def subset_sizes(sizes: Sequence[str], pool_size: int) -> list[int]:
-    """Parse sizes (integers or ``all``) and check them against the pool."""
-    parsed = sorted({pool_size if s == "all" else int(s) for s in sizes})
-    if parsed[0] < 1 or parsed[-1] > pool_size:
-        raise ValueError(f"sizes must be in [1, {pool_size}] (the pool size) or 'all', got {list(sizes)}")
-    return parsed
-
-
-def nested_subset(pool: Sequence[dict], size: int, seed: int) -> list[dict]:
-    """The first ``size`` entries of the pool shuffled with ``seed`` (so smaller subsets are inside larger ones)."""
-    return random.Random(seed).sample(list(pool), len(pool))[:size]
-
-
-def read_metrics(eval_dir: Path) -> dict[str, float]:
-    """``metrics.csv`` written by MONAI's ``MetricsSaver`` (``name,value`` lines) as a dict."""
-    with open(eval_dir / "metrics.csv", newline="") as f:
-        return {row[0]: float(row[1]) for row in csv.reader(f) if row}
-
-
-def run_bundle(config_files: Sequence[Path], **overrides) -> None:
-    """``python -m monai.bundle run`` in this process (no re-import of torch/MONAI for each of the many runs)."""
-    from monai.bundle import run
-
-    bundle = Path(config_files[0]).parent
-    run(
-        config_file=[str(c) for c in config_files],
-        meta_file=str(bundle / "metadata.json"),
-        logging_file=str(bundle / "logging.conf"),
-        **overrides,
-    )
+DEFAULT_OVERLAY = bundle_folder("cover_seg") / "converged.json"
 
 
 def pretrain(
@@ -160,15 +110,15 @@ def check_protocol(output: Path, record: dict) -> None:
     A ``None`` value (e.g. no weights digest in a scratch-only invocation) matches anything and is filled in later.
 
     Raises:
-        ValueError: ``output`` holds runs of another setting (naming the keys that differ).
+        InputValueError: ``output`` holds runs of another setting (naming the keys that differ).
     """
     path = output / "settings.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     differing = sorted(k for k in set(saved) | set(record)
                        if saved.get(k) is not None and record.get(k) is not None and saved[k] != record[k])
     if differing:
-        raise ValueError(f"{output} holds runs of another setting ({', '.join(differing)} differ from {path}); "
-                         "use another --output or the same setting")
+        raise InputValueError(f"--output: {output} holds runs of another setting ({', '.join(differing)} differ "
+                              f"from {path}); use another --output or the same setting")
     merged = record | {k: v for k, v in saved.items() if v is not None}
     if merged != saved:
         output.mkdir(parents=True, exist_ok=True)
@@ -209,7 +159,7 @@ def run_one(
                                evaluation, weights)
         elif args.reevaluate:
             if not (run_dir / "models" / "model.pt").is_file():
-                raise FileNotFoundError(f"--reevaluate: {run_dir.name} has no final weights (models/model.pt) here")
+                raise InputFileNotFoundError(f"--reevaluate: {run_dir.name} has no final weights (models/model.pt) here")
             evaluate(bundle, run_dir, args, evaluation)
     finally:
         claim.release()
@@ -394,44 +344,67 @@ def plot(summary: Sequence[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def write_csv(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of the label-efficiency protocol (``python -m cover3d.protocols.label_efficiency --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cover3d.protocols.label_efficiency", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset-dir", required=True,
+                      help="folder the datalist paths are relative to (needed only while a run is left to train "
+                      "or evaluate)")
+    data.add_argument("--pool", required=True, type=existing_file,
+                      help="datalist (JSON) of the labelled volumes the training subsets are drawn from")
+    data.add_argument("--pool-keys", nargs="+", default=["training", "validation"], metavar="KEY",
+                      help="lists of --pool that together form the pool (default: training validation)")
+    data.add_argument("--test", required=True, type=existing_file, help="datalist (JSON) of the labelled test cases")
+    data.add_argument("--test-key", default="test", help="list of the test cases in --test (default: test)")
+    weights = parser.add_argument_group("pretrained weights (needed by modes pretrained and probe; give one)")
+    source = weights.add_mutually_exclusive_group()
+    source.add_argument("--pretrained-weights", type=existing_file, metavar="MODEL_PT",
+                        help="pretraining weights file (e.g. weights/cover_mri_pool_2mm/model.pt); it must come from "
+                        "a pretraining with the voxel size and widths of the segmentation runs")
+    source.add_argument("--pretrain-config", type=existing_file, metavar="TRAIN_JSON",
+                        help="pretraining bundle config (e.g. bundles/cover_mri/train.json) run first on the pool "
+                        "images, with the voxel size and widths of the segmentation runs, into --output/pretrain; "
+                        "its weights are then used (reused when they exist)")
+    weights.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
+                         help="overrides of the pretraining bundle (JSON values), e.g. epochs=50")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--sizes", nargs="+", default=["2", "4", "8", "16", "all"], metavar="N",
+                          help="numbers of labelled training volumes, integers or 'all' (default: 2 4 8 16 all)")
+    protocol.add_argument("--seeds", nargs="+", type=non_negative_int, default=[0, 1, 2], metavar="SEED",
+                          help="seeds: each draws one nested subset per size and seeds the training (default: 0 1 2)")
+    protocol.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES),
+                          help="scratch: random initialisation; pretrained: fine-tune from the pretrained weights; "
+                          "probe: pretrained backbone frozen, only the head trains (default: scratch pretrained)")
+    training = parser.add_argument_group("segmentation training (the cover_seg bundle)")
+    training.add_argument("--bundle", type=existing_dir, default=str(bundle_folder("cover_seg")),
+                          help="the cover_seg bundle folder (default: the repository's bundles/cover_seg)")
+    training.add_argument("--overlay", nargs="*", type=existing_file, default=[str(DEFAULT_OVERLAY)], metavar="JSON",
+                          help="cover_seg configs applied after train.json + no_validation.json, later ones winning "
+                          "(default: the bundle's converged.json; give --overlay with no file for none)")
+    training.add_argument("--epochs", type=positive_int, help="epochs per run (overrides the overlay's)")
+    training.add_argument("--iterations-per-epoch", type=positive_int,
+                          help="iterations per epoch (overrides the overlay's); budget = epochs x this")
+    training.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
+    run = parser.add_argument_group("running")
+    run.add_argument("--output", required=True,
+                     help="protocol folder: runs/<mode>_n<N>_seed<S>/, settings.json, results.csv, summary.csv, "
+                     "paired.csv, label_efficiency.png; finished runs found there are reused")
+    run.add_argument("--start-no-run-after", type=non_negative_float, metavar="MINUTES",
+                     help="start no new run once this many minutes have passed (the one running finishes; the "
+                     "tables then cover what is done), to fit a share of the protocol into a session")
+    run.add_argument("--reevaluate", action="store_true",
+                     help="evaluate the planned runs that are finished again, from their final weights (after a "
+                     "metric changed); unfinished ones train as usual")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the protocol; return the per-run rows."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset-dir", required=True, help="folder the datalist paths are relative to")
-    parser.add_argument("--pool", required=True, help="datalist of the labelled pool subsets are drawn from")
-    parser.add_argument("--pool-keys", nargs="+", default=["training", "validation"], help="lists forming the pool")
-    parser.add_argument("--test", required=True, help="datalist of the test cases")
-    parser.add_argument("--test-key", default="test", help="list of the test cases in --test")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--pretrained-weights", help="weights file, e.g. bundles/cover_mri/models/model.pt")
-    weights.add_argument("--pretrain-config", help="pretraining bundle config to run first on the pool images "
-                         "(e.g. bundles/cover_mri/train.json); its weights are then used")
-    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides of the pretraining bundle (e.g. epochs=50)")
-    parser.add_argument("--sizes", nargs="+", default=["2", "4", "8", "16", "all"], help="numbers of labelled volumes")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", default=["scratch", "pretrained"], choices=list(MODES))
-    parser.add_argument("--overlay", nargs="*", default=[str(DEFAULT_OVERLAY)],
-                        help="cover_seg configs applied after train.json + no_validation.json (default: converged.json)")
-    parser.add_argument("--epochs", type=int, help="overrides the overlay's epochs")
-    parser.add_argument("--iterations-per-epoch", type=int, help="overrides the overlay's; budget = epochs x this")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="cover_seg bundle overrides (JSON values), e.g. pixdim=[2,2,2] num_classes=4")
-    parser.add_argument("--start-no-run-after", type=float, metavar="MINUTES",
-                        help="start no new run once this many minutes have passed (the one running finishes; "
-                        "the tables then cover what is done), to fit a share of the protocol into a session")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="evaluate the planned runs that are finished again, from their final weights (after a "
-                        "metric changed); unfinished ones train as usual")
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "cover_seg"))
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "label_efficiency"))
+    parser = argument_parser()
     args = parser.parse_args(argv)
 
     needs_weights = any(MODES[m][0] for m in args.modes)
@@ -439,22 +412,28 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         parser.error(f"modes {args.modes} need --pretrained-weights or --pretrain-config")
     settings = parse_assignments(args.set)
     settings |= {k: v for k, v in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations_per_epoch)) if v}
+    if not (Path(args.bundle) / "train.json").is_file():
+        parser.error(f"--bundle: {args.bundle} holds no train.json (the cover_seg bundle folder is expected)")
     output, bundle = Path(args.output).resolve(), Path(args.bundle).resolve()
     overlays = [Path(o).resolve() for o in args.overlay]
     overlay = merged_overlays(overlays)
     evaluation = evaluation_settings(bundle, overlay, settings)
     pool = read_pool(args.pool, args.pool_keys)
-    sizes = subset_sizes(args.sizes, len(pool))
+    sizes = subset_sizes(args.sizes, len(pool), "--sizes")
+    planned = list(itertools.product(sizes, args.seeds, args.modes))
+    left = [(n, seed, mode) for n, seed, mode in planned
+            if args.reevaluate or not is_evaluated(output / "runs" / f"{mode}_n{n}_seed{seed}")]
+    if left and not Path(args.dataset_dir).is_dir():
+        parser.error(f"--dataset-dir: folder {args.dataset_dir} not found ({len(left)} planned runs need its volumes)")
     weights_path = None
     if args.pretrained_weights:
         weights_path = Path(args.pretrained_weights).resolve()
-        if not weights_path.is_file():
-            parser.error(f"pretrained weights file not found: {weights_path}")
     elif args.pretrain_config and needs_weights:
         seg_defaults = json.loads((bundle / "train.json").read_text())
         seg_settings = {k: evaluation.get(k, seg_defaults[k]) for k in ("pixdim", "channels", "in_channels")}
         weights_path = pretrain(Path(args.pretrain_config).resolve(), output / "pretrain", args.dataset_dir,
-                                str(Path(args.pool).resolve()), seg_settings, parse_assignments(args.pretrain_set))
+                                str(Path(args.pool).resolve()), seg_settings,
+                                parse_assignments(args.pretrain_set, "--pretrain-set"))
     try:
         check_protocol(output, {
             "overlay": overlay, "settings": settings, "pool": Path(args.pool).name, "test": Path(args.test).name,
@@ -466,7 +445,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     budget = f"{iteration_budget(bundle, overlay, settings)} iterations per run"
     print(f"label efficiency: pool {len(pool)} volumes, sizes {sizes}, seeds {args.seeds}, modes {args.modes}; "
           f"{budget}; overlays {[o.name for o in overlays]}, overrides {settings}")
-    planned = list(itertools.product(sizes, args.seeds, args.modes))
     deadline = None if args.start_no_run_after is None else time.monotonic() + 60 * args.start_no_run_after
     for index, (n, seed, mode) in enumerate(planned):
         run_dir = output / "runs" / f"{mode}_n{n}_seed{seed}"

@@ -1,7 +1,7 @@
 """Pretexts side by side: every pretext pretrained with the same data, network, seed and budget, then compared.
 
 Each pretext is the ``cover_mri`` bundle with one overlay (``train.json`` alone for COVER), run in this process into
-``--output/pretrain/<pretext>/`` on ``--pretrain-datalist`` (default: the unlabelled pretraining pool of
+``--output/pretrain/<pretext>/`` on ``--pretrain-datalist`` (unlabelled volumes, e.g. the pretraining pool of
 ``data_lists/mri_pretraining_pool.json``; reused when its ``models/model.pt`` exists). ``cover_pseudo`` and
 ``cover_pseudo2`` are two refinement rounds with inter-subject pseudo-fields (``pseudo_fields.json``), taught by the
 weights of ``cover`` and then of ``cover_pseudo`` (each round trains from scratch at the same budget; a round is
@@ -12,20 +12,23 @@ skipped until its teacher is pretrained). Then, for the saved weights:
 - the collapse measures of :func:`cover3d.engine.feature_health` on those pairs' full-resolution features;
 - over-dispersion on the labelled ``--test`` volumes (whole preprocessed volume, padded to a multiple of 16):
   mean cosine of random full-resolution feature pairs within the label, within the background and across them;
-- stage ``probe``: ``feature_probe.py`` (frozen features, linear head) with ``--probe-sizes`` labelled volumes of
-  ``--pool`` and seeds ``--seeds`` -> ``--output/probe/<pretext>.json``;
-- stage ``finetune``: ``label_efficiency.py`` (converged budget) with ``--finetune-sizes`` labelled volumes and
-  the same seeds, modes scratch and pretrained -> ``--output/finetune/<pretext>/``; the scratch runs are trained
+- stage ``probe``: :mod:`cover3d.protocols.feature_probe` (frozen features, linear head) with ``--probe-sizes``
+  labelled volumes of ``--pool`` and seeds ``--seeds`` -> ``--output/probe/<pretext>.json``;
+- stage ``finetune``: :mod:`cover3d.protocols.label_efficiency` (converged budget) with ``--finetune-sizes``
+  labelled volumes and the same seeds, modes scratch and pretrained -> ``--output/finetune/<pretext>/``; the scratch runs are trained
   once (``--output/finetune/scratch``, or reused from another protocol's folder with ``--scratch-output``) and
   linked into every pretext's folder, so each pretext is paired with them.
 
 Every stage reuses what is finished, so the comparison resumes where it stopped (pretraining about 15 min per
 pretext at the default 400 iterations, a probe about 10 min, a fine-tune about 10 min on one CPU thread). Writes
 ``--output/results.json`` (one row per pretext; invocations with other ``--pretexts`` may run beside each other, one
-per core, once the scratch runs exist), ``--output/comparison.png`` and prints a table. From the repository root::
+per core, once the scratch runs exist), ``--output/comparison.png``, ``--output/head_to_head.csv`` and prints the
+tables. From the repository root (the setting of ``benchmarks/results/pretext_comparison``)::
 
-    python benchmarks/pretext_comparison.py --dataset-dir ../shared/data/la_mri_2018 \\
-        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json
+    python -m cover3d.protocols.pretext_comparison --pretrain-dataset-dir ../shared/data \\
+        --pretrain-datalist data_lists/mri_pretraining_pool.json --dataset-dir ../shared/data/la_mri_2018 \\
+        --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json \\
+        --output benchmarks/results/pretext_comparison
 """
 
 from __future__ import annotations
@@ -41,20 +44,27 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from _common import shared_data
-from collapse_guard import BUNDLE, REPO, measure
-from feature_probe import main as feature_probe
-from label_efficiency import main as label_efficiency
-from label_efficiency import finished_runs, paired_statistics, parse_assignments, run_bundle, write_csv
 from monai.bundle import ConfigParser
 from monai.data import Dataset
 from monai.transforms import Compose, DivisiblePadd
 from monai.utils import set_determinism
 
 from cover3d.data import load_datalist
-from cover3d.engine import write_json_atomic
+from cover3d.engine import feature_health, field_accuracy, fixed_pairs, write_json_atomic
 from cover3d.losses import gather_voxels, sample_voxel_indices
+from cover3d.protocols.bundle_runs import bundle_folder, parse_assignments, run_bundle, write_csv
+from cover3d.protocols.feature_probe import main as feature_probe
+from cover3d.protocols.label_efficiency import finished_runs, paired_statistics
+from cover3d.protocols.label_efficiency import main as label_efficiency
+from cover3d.protocols.options import existing_dir, existing_file, non_negative_int, positive_int
 from cover3d.transforms import mri_preprocessing
+
+__all__ = [
+    "PRETEXTS", "argument_parser", "field_and_feature_health", "head_to_head", "head_to_head_table", "main",
+    "markdown_table",
+]
+
+BUNDLE = bundle_folder("cover_mri")
 
 class Pretext(NamedTuple):
     """Overlays of ``bundles/cover_mri``, overrides, and the pretext whose weights teach the inter-subject
@@ -81,6 +91,34 @@ BASELINES = ("infonce", "restoration")  # what COVER claims to beat: each COVER 
 # the long pretraining's patch and context (weights/cover_mri_pool_2mm): the 2 mm left-atrium volumes are 28 voxels thick
 PRETRAINING_SETTING = {"patch_size": [48, 48, 32], "context_size": [64, 64, 48]}
 STAGES = ("pretrain", "probe", "finetune")
+
+
+@torch.no_grad()
+def field_and_feature_health(
+    parser: ConfigParser, weights: Path | None, num_pairs: int, seed: int
+) -> dict[str, float]:
+    """Field accuracy and feature health of a pretraining bundle's network (``weights`` loaded, or at
+    initialisation) on ``num_pairs`` fixed pairs (seeded with ``seed``) of the bundle's validation volumes: end-point
+    error (voxels) and :func:`cover3d.engine.feature_health` of the full-resolution features of both views, over all
+    voxels of the patch (``*_all``) and inside the volume (view intensity > 0, ``*_inside``)."""
+    set_determinism(seed=0)
+    network = parser.get_parsed_content("network")
+    if weights is not None:
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    pairs = fixed_pairs(parser.get_parsed_content("validate#volumes"), parser.get_parsed_content("pair_transform"),
+                        num_pairs, seed=seed)  # fmt: skip
+    result = field_accuracy(network, pairs)
+    network.eval()
+    health: dict[str, list[float]] = {}
+    for pair in pairs:
+        for key in ("image", "image_b"):
+            view = torch.as_tensor(pair[key])[None]
+            features = network.backbone(view)[-1]
+            set_determinism(seed=0)
+            for region, mask in (("all", None), ("inside", (view > 0).float())):
+                for name, value in feature_health(features, 4096, mask).items():
+                    health.setdefault(f"{name}_{region}", []).append(value)
+    return {**result, **{k: sum(v) / len(v) for k, v in health.items()}}
 
 
 def pretext_weights(output: Path, name: str) -> Path:
@@ -121,8 +159,8 @@ def probe_stage(args: argparse.Namespace, name: str, weights: Path, output: Path
     path = output / "probe" / f"{name}.json"
     if not path.is_file():
         feature_probe(["--name", name, "--weights", str(weights), "--dataset-dir", args.dataset_dir, "--pool", args.pool,
-                       "--test", args.test, "--n-labelled", *args.probe_sizes, "--seeds", *map(str, args.seeds),
-                       "--output", str(output / "probe")])  # fmt: skip
+                       "--test", args.test, "--test-key", args.test_key, "--n-labelled", *args.probe_sizes,
+                       "--seeds", *map(str, args.seeds), "--output", str(output / "probe")])  # fmt: skip
     result = json.loads(path.read_text())
     summary = {}
     for row in result["rows"]:
@@ -133,7 +171,7 @@ def probe_stage(args: argparse.Namespace, name: str, weights: Path, output: Path
 
 def finetune_stage(args: argparse.Namespace, name: str, weights: Path, output: Path) -> dict:
     """Fine-tune from ``weights`` vs the shared scratch runs; the paired rows of ``paired.csv`` and the summary."""
-    common = ["--dataset-dir", args.dataset_dir, "--pool", args.pool, "--test", args.test,
+    common = ["--dataset-dir", args.dataset_dir, "--pool", args.pool, "--test", args.test, "--test-key", args.test_key,
               "--sizes", *args.finetune_sizes, "--seeds", *map(str, args.seeds)]  # fmt: skip
     scratch = Path(args.scratch_output) if args.scratch_output else output / "finetune" / "scratch"
     label_efficiency([*common, "--modes", "scratch", "--output", str(scratch)])
@@ -227,27 +265,61 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of the pretext comparison (``python -m cover3d.protocols.pretext_comparison --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cover3d.protocols.pretext_comparison", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pretraining = parser.add_argument_group("pretraining (the cover_mri bundle and its pretext overlays)")
+    pretraining.add_argument("--pretrain-dataset-dir", required=True, type=existing_dir,
+                             help="folder the --pretrain-datalist paths are relative to")
+    pretraining.add_argument("--pretrain-datalist", required=True, type=existing_file,
+                             help="datalist (JSON) of the unlabelled pretraining volumes: 'training', and "
+                             "'validation' for the field EPE and feature health pairs")
+    pretraining.add_argument("--pretexts", nargs="+", default=list(PRETEXTS), choices=list(PRETEXTS),
+                             help="pretexts to compare (default: all); a refinement round waits for its teacher "
+                             "(cover_pseudo for cover, cover_pseudo2 for cover_pseudo)")
+    pretraining.add_argument("--epochs", type=positive_int, default=10, help="pretraining epochs (default: 10)")
+    pretraining.add_argument("--iterations-per-epoch", type=positive_int, default=40,
+                             help="pretraining iterations per epoch (default: 40)")
+    pretraining.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                             help="more cover_mri overrides (JSON values), e.g. learning_rate=0.001 (default patch "
+                             "48 48 32, context 64 64 48)")
+    pretraining.add_argument("--pairs", type=positive_int, default=8,
+                             help="held-out pairs for the field EPE and feature health (default: 8)")
+    downstream = parser.add_argument_group("labelled downstream data")
+    downstream.add_argument("--dataset-dir", required=True, type=existing_dir,
+                            help="folder the --pool and --test paths are relative to")
+    downstream.add_argument("--pool", required=True, type=existing_file,
+                            help="datalist (JSON) of the labelled volumes ('training' and 'validation') the probe "
+                            "and fine-tune subsets are drawn from")
+    downstream.add_argument("--test", required=True, type=existing_file,
+                            help="datalist (JSON) of the labelled test volumes")
+    downstream.add_argument("--test-key", default="test", help="list of the test volumes in --test (default: test)")
+    downstream.add_argument("--test-volumes", type=positive_int, default=10,
+                            help="test volumes for the within/across-label cosines (default: 10)")
+    stages = parser.add_argument_group("stages")
+    stages.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES,
+                        help="pretrain: pretrain the pretexts without weights (else they are skipped); probe: the "
+                        "frozen-feature probe; finetune: label efficiency against scratch (default: all three)")
+    stages.add_argument("--probe-sizes", nargs="+", default=["4"], metavar="N",
+                        help="labelled volumes of the frozen probe, integers or 'all' (default: 4)")
+    stages.add_argument("--finetune-sizes", nargs="+", default=["4"], metavar="N",
+                        help="labelled volumes of the fine-tune, integers or 'all' (default: 4)")
+    stages.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                        help="seeds of the probe and fine-tune subsets (default: 0 1 2)")
+    stages.add_argument("--scratch-output",
+                        help="label-efficiency folder holding the scratch fine-tunes (default: "
+                        "--output/finetune/scratch), e.g. benchmarks/results/label_efficiency_la to reuse its runs")
+    stages.add_argument("--output", required=True,
+                        help="comparison folder: pretrain/, probe/, finetune/, results.json, comparison.png, "
+                        "head_to_head.csv; what is finished there is reused")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-dataset-dir", default=str(shared_data()))
-    parser.add_argument("--pretrain-datalist", default=str(REPO / "data_lists" / "mri_pretraining_pool.json"))
-    parser.add_argument("--dataset-dir", default=str(shared_data() / "la_mri_2018"), help="labelled downstream data")
-    parser.add_argument("--pool", default=str(REPO / "data_lists" / "la_mri_2018_pool.json"))
-    parser.add_argument("--test", default=str(REPO / "data_lists" / "la_mri_2018_test.json"))
-    parser.add_argument("--test-key", default="test", help="datalist key of the labelled test volumes")
-    parser.add_argument("--pretexts", nargs="+", default=list(PRETEXTS), choices=list(PRETEXTS))
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--iterations-per-epoch", type=int, default=40)
-    parser.add_argument("--set", nargs="*", default=[], help="more bundle overrides, key=json_value")
-    parser.add_argument("--pairs", type=int, default=8, help="held-out pairs for field EPE and feature health")
-    parser.add_argument("--test-volumes", type=int, default=10, help="labelled test volumes for the label cosines")
-    parser.add_argument("--probe-sizes", nargs="+", default=["4"], help="labelled volumes of the frozen probe")
-    parser.add_argument("--finetune-sizes", nargs="+", default=["4"], help="labelled volumes of the fine-tune")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--scratch-output", help="label_efficiency.py folder of the scratch fine-tunes (default "
-                        "--output/finetune/scratch); e.g. benchmarks/results/label_efficiency_la reuses its runs")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "pretext_comparison"))
+    """Run the comparison; return the content of ``--output/results.json``."""
+    parser = argument_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -283,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             config = ConfigParser()
             config.read_config([str(f) for f in files])
             config.update(settings)
-            row.update(measure(config, weights, args.pairs, seed=2024))
+            row.update(field_and_feature_health(config, weights, args.pairs, seed=2024))
             network = config.get_parsed_content("network")
             network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
             row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})

@@ -3,8 +3,8 @@
 The backbone (``cover3d.networks.UNetBackbone``, from a pretraining ``model.pt`` or untrained with a seed) runs once
 per volume, whole volume, no gradients. A linear head (softmax regression on one feature vector per voxel = a
 1x1x1 convolution) is trained on voxels sampled from the labelled volumes of a pool datalist, for each number of
-labelled volumes and seed (the same nested subsets as ``label_efficiency.py``), then applied to every voxel of each
-test volume. Reported per (n labelled, seed): mean Dice over foreground classes and test cases (MONAI
+labelled volumes and seed (the same nested subsets as :mod:`cover3d.protocols.label_efficiency`), then applied to
+every voxel of each test volume. Reported per (n labelled, seed): mean Dice over foreground classes and test cases (MONAI
 ``DiceMetric``) and the one-vs-rest voxel ROC AUC of each foreground class (MONAI ``compute_roc_auc``), both on the
 preprocessed grid (``--pixdim`` mm, foreground-cropped), not on the label file's own grid. Once per weights: the
 over-dispersion measure of the COVER paper, mean cosine similarity of voxel features within the same label vs
@@ -17,10 +17,12 @@ Preprocessing follows the pretraining bundle's ``metadata.json`` next to the wei
 ``backbone_channels``); without weights, or without metadata, the cover_mri defaults (2 mm, widths 8-128). From the
 repository root::
 
-    python benchmarks/feature_probe.py --name cover_mri_default --weights bundles/cover_mri/models/model.pt \\
+    python -m cover3d.protocols.feature_probe --name cover_mri_default --weights bundles/cover_mri/models/model.pt \\
         --dataset-dir ../shared/data/la_mri_2018 --pool data_lists/la_mri_2018_pool.json \\
-        --test data_lists/la_mri_2018_test.json --n-labelled 2 4 8 all --levels full all
-    python benchmarks/feature_probe.py --name untrained_seed0 --init-seed 0 ...   # no --weights: untrained
+        --test data_lists/la_mri_2018_test.json --n-labelled 2 4 8 all --levels full all \\
+        --output benchmarks/results/feature_probe
+    python -m cover3d.protocols.feature_probe --name untrained_seed0 --init-seed 0 ...   # no --weights: untrained
+    python -m cover3d.protocols.feature_probe --report benchmarks/results/feature_probe/*.json   # the table
 
 Writes ``--output``/``<name>.json`` (settings, every row, dispersion) and ``<name>.csv`` (one row per levels x n x
 seed).
@@ -32,7 +34,6 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -43,14 +44,18 @@ from monai.metrics import DiceMetric, compute_roc_auc
 from monai.transforms import Compose, DivisiblePad
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import nested_subset, subset_sizes, write_csv  # noqa: E402
-
 from cover3d.data import load_datalist
+from cover3d.errors import InputValueError
 from cover3d.networks import UNetBackbone, load_pretrained_weights, pretraining_metadata
+from cover3d.protocols.bundle_runs import write_csv
+from cover3d.protocols.options import existing_dir, existing_file, non_negative_int, positive_float, positive_int
+from cover3d.protocols.subsets import nested_subset, subset_sizes
 from cover3d.transforms import ct_preprocessing, mri_preprocessing
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = [
+    "argument_parser", "backbone_features", "feature_dispersion", "main", "markdown_report", "probe", "train_linear_head",
+]
+
 DEFAULT_CHANNELS = (8, 16, 32, 64, 128)  # bundles/cover_mri defaults
 DEFAULT_PIXDIM = (2.0, 2.0, 2.0)
 LEVELS = ("full", "all")
@@ -257,7 +262,8 @@ def _label_map(label: torch.Tensor, num_classes: int, name: str) -> torch.Tensor
     label = torch.as_tensor(label).round().long()[0]
     low, high = int(label.min()), int(label.max())
     if low < 0 or high >= num_classes:
-        raise ValueError(f"{name}: label values {low}..{high} outside 0..{num_classes - 1} (set --num-classes)")
+        raise InputValueError(f"--num-classes {num_classes}: {name} has label values {low}..{high}, outside "
+                              f"0..{num_classes - 1}")
     return label
 
 
@@ -282,33 +288,62 @@ def build_backbone(weights: str | None, init_seed: int, channels: Sequence[int] 
     return backbone, metadata
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of the feature probe (``python -m cover3d.protocols.feature_probe --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m cover3d.protocols.feature_probe", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    backbone = parser.add_argument_group("backbone")
+    backbone.add_argument("--name", help="name of this probe: the output files' stem, e.g. untrained_seed0 (required "
+                          "unless --report)")
+    backbone.add_argument("--weights", type=existing_file, metavar="MODEL_PT",
+                          help="pretraining weights (model.pt, its metadata.json beside it); omit for an untrained "
+                          "backbone")
+    backbone.add_argument("--init-seed", type=non_negative_int, default=0,
+                          help="seed of the untrained backbone's initialisation (without --weights; default: 0)")
+    backbone.add_argument("--channels", type=positive_int, nargs=5, metavar="WIDTH",
+                          help="backbone widths, 5 integers (default: the weights' metadata, else 8 16 32 64 128)")
+    backbone.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS),
+                          help="features probed: full = the full-resolution decoder output; all = the five levels "
+                          "upsampled and concatenated (default: full all)")
+    data = parser.add_argument_group("data (required unless --report)")
+    data.add_argument("--dataset-dir", type=existing_dir, help="folder the datalist paths are relative to")
+    data.add_argument("--pool", type=existing_file, help="datalist (JSON) of the labelled volumes the heads train on")
+    data.add_argument("--pool-keys", nargs="+", default=["training", "validation"], metavar="KEY",
+                      help="lists of --pool that together form the pool (default: training validation)")
+    data.add_argument("--test", type=existing_file, help="datalist (JSON) of the labelled test volumes")
+    data.add_argument("--test-key", default="test", help="list of the test volumes in --test (default: test)")
+    data.add_argument("--modality", choices=sorted(PREPROCESSING), default="mri",
+                      help="preprocessing: mri (percentile intensity window) or ct (HU window) (default: mri)")
+    data.add_argument("--pixdim", type=positive_float, nargs=3, metavar="MM",
+                      help="voxel size in mm, 3 numbers (default: the weights' metadata, else 2 2 2)")
+    data.add_argument("--num-classes", type=positive_int, default=2,
+                      help="label values are 0..num_classes-1, 0 = background (default: 2)")
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--n-labelled", nargs="+", default=["2", "4", "8", "all"], metavar="N",
+                          help="numbers of labelled volumes a head trains on, integers or 'all' (default: 2 4 8 all)")
+    protocol.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                          help="seeds of the nested subsets, one head per size and seed (default: 0 1 2)")
+    protocol.add_argument("--voxels-per-volume", type=positive_int, default=4096,
+                          help="training voxels drawn from each labelled volume (default: 4096)")
+    protocol.add_argument("--dispersion-voxels", type=positive_int, default=256,
+                          help="voxels per label and test volume for the cosine dispersion (default: 256)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--output", help="folder of <name>.json and <name>.csv (required unless --report)")
+    output.add_argument("--report", nargs="+", metavar="JSON",
+                        help="only print the markdown table of these result files (no probe is run)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the probe; return the written JSON content."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", help="name of this run (output file stem), e.g. untrained_seed0")
-    parser.add_argument("--weights", default=None, help="pretraining model.pt (omit: untrained backbone)")
-    parser.add_argument("--init-seed", type=int, default=0, help="seed of the untrained backbone's initialisation")
-    parser.add_argument("--channels", type=int, nargs=5, default=None, help="backbone widths (default: metadata)")
-    parser.add_argument("--pixdim", type=float, nargs=3, default=None, help="voxel size in mm (default: metadata)")
-    parser.add_argument("--modality", choices=sorted(PREPROCESSING), default="mri")
-    parser.add_argument("--dataset-dir")
-    parser.add_argument("--pool", help="datalist with the labelled volumes the heads train on")
-    parser.add_argument("--pool-keys", nargs="+", default=["training", "validation"])
-    parser.add_argument("--test")
-    parser.add_argument("--test-key", default="test")
-    parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--n-labelled", nargs="+", default=["2", "4", "8", "all"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
-    parser.add_argument("--voxels-per-volume", type=int, default=4096)
-    parser.add_argument("--dispersion-voxels", type=int, default=256)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "feature_probe"))
-    parser.add_argument("--report", nargs="+", metavar="JSON", help="only print the markdown table of these results")
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if args.report:
         print(markdown_report([json.loads(Path(f).read_text()) for f in args.report]))
         return {}
-    missing = [f"--{k.replace('_', '-')}" for k in ("name", "dataset_dir", "pool", "test") if getattr(args, k) is None]
+    missing = [f"--{k.replace('_', '-')}" for k in ("name", "dataset_dir", "pool", "test", "output")
+               if getattr(args, k) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     logging.basicConfig(level=logging.WARNING)
@@ -319,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     preprocess = Compose(PREPROCESSING[args.modality](
         keys="image", label_keys="label", pixdim=pixdim, channels=backbone.in_channels))
     pool = [e for key in args.pool_keys for e in load_datalist(args.pool, key, base_dir=args.dataset_dir)]
-    sizes = subset_sizes(args.n_labelled, len(pool))
+    sizes = subset_sizes(args.n_labelled, len(pool), "--n-labelled")
     positions = {entry["image"]: i for i, entry in enumerate(pool)}
     subsets = {(n, s): [positions[e["image"]] for e in nested_subset(pool, n, s)] for n in sizes for s in args.seeds}
     needed = sorted({i for indices in subsets.values() for i in indices})
