@@ -167,7 +167,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def save_table(script: str, args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Store a printed table as ``benchmarks/results/<script's name>.json`` (headers, rows, the machine line and the
-    arguments), which ``readme_tables.py`` renders into the README; ``--quick`` runs are not stored."""
+    arguments), which ``readme_tables.py`` renders into the docs pages; ``--quick`` runs are not stored."""
     if args.quick:
         return
     path = Path(__file__).resolve().parent / "results" / f"{Path(script).stem}.json"

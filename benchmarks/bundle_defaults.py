@@ -3,8 +3,8 @@
 For each bundle: ``python -m monai.bundle run --config_file bundles/<b>/train.json`` with nothing overridden but the
 output folders (a fresh temporary bundle root, so nothing resumes), then ``evaluate.json`` on its weights. Records
 the wall time, the peak RSS of the run, the threads it chose, the validation EPE of every epoch and the evaluation
-EPE of the saved weights vs the zero field, into ``benchmarks/results/bundle_defaults.json`` (the README table is
-generated from it by ``benchmarks/readme_tables.py``)::
+EPE of the saved weights vs the zero field, into ``benchmarks/results/bundle_defaults.json`` (the docs/bundles.md
+table is generated from it by ``benchmarks/readme_tables.py``)::
 
     python benchmarks/bundle_defaults.py              # about 15-20 minutes on 2 idle cores
 """

@@ -3,7 +3,7 @@
     python benchmarks/memory_estimate.py
 
 ``cover3d.dryrun.estimate_step_memory`` for CoverNet widths 32-512 (plain and ``checkpoint_backbone``) at the patch
-and batch sizes of README "What fits where", printed next to the measured fp32 CPU peaks copied from that table, and
+and batch sizes of docs/performance.md "What fits where", printed next to the measured fp32 CPU peaks copied from that table, and
 written to ``benchmarks/results/memory_estimate.json``. One CPU thread, about a minute.
 """
 
@@ -22,7 +22,7 @@ from cover3d.dryrun import MEASURED_CHANNELS, estimate_step_memory  # noqa: E402
 from cover3d.losses import CoverLoss  # noqa: E402
 from cover3d.networks import CoverNet  # noqa: E402
 
-# (patch, batch) -> measured extra peak GiB, plain and checkpoint_backbone (README "What fits where")
+# (patch, batch) -> measured extra peak GiB, plain and checkpoint_backbone (docs/performance.md "What fits where")
 MEASURED = {(64, 1): (1.80, 1.38), (64, 2): (3.09, 2.00), (96, 1): (4.84, 2.93), (96, 2): (9.19, 4.78),
             (128, 1): (10.71, 5.65)}  # fmt: skip
 

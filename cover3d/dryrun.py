@@ -53,7 +53,7 @@ def saved_activation_bytes(fn) -> int:
 
 
 # Peak extra memory per voxel of a fp32 step of CoverNet(channels=(32, 64, 128, 256, 512)) defaults, measured at
-# 96^3-128^3 by benchmarks/memory_by_patch.py (README "What fits where"): plain, and with checkpoint_backbone.
+# 96^3-128^3 by benchmarks/memory_by_patch.py (docs/performance.md "What fits where"): plain, and with checkpoint_backbone.
 MEASURED_BYTES_PER_VOXEL = {False: 5.5 * 1024, True: 3.0 * 1024}
 MEASURED_CHANNELS = (32, 64, 128, 256, 512)
 

@@ -290,8 +290,8 @@ def check_settings(**settings: object) -> None:
 def default_num_threads() -> int:
     """Torch CPU threads for a bundle run: ``OMP_NUM_THREADS`` when set; else the cores this process may use, less
     those other processes keep busy (1-minute load average), split between the processes of a ``torchrun`` launch;
-    at least 1. On a shared CPU, more threads than free cores makes every thread wait (measured: README
-    "Threads")."""
+    at least 1. On a shared CPU, more threads than free cores makes every thread wait (measured: docs/performance.md
+    "Threads on a shared CPU")."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

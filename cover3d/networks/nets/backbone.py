@@ -68,7 +68,7 @@ class UNetBackbone(BasicUNet):
         in_channels: input channels.
         channels: encoder widths at strides 1, 2, 4, 8, 16 (the decoder mirrors them).
         channels_per_group: GroupNorm group size; groups = max(1, width // channels_per_group) per layer (8, as
-            published; a single group count for all widths measurably slowed learning: README "Using the
+            published; a single group count for all widths measurably slowed learning: docs/bundles.md "Using the
             pretrained weights downstream").
         negative_slope: LeakyReLU slope.
         upsample: ``UpCat`` upsampling mode (``"deconv"`` or ``"nontrainable"``).
