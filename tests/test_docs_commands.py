@@ -388,7 +388,8 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
     # README.md
     'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e . && python -m monai.bundle run '
     "--config_file bundles/cover_ct/train.json": readme_command_1,
-    'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e ".[test]" && python -m pytest -q':
+    'python -c "import torch" 2>/dev/null || pip install torch==2.13.0; pip install -e ".[test,nnunet]" -c constraints.txt '
+    "&& python -m pytest -q":
         readme_command_2,
     "python -m cover3d.data.datalist /data/my_mri --output data_lists/my_mri.json --val-fraction 0.1 --check":
         datalist_written("mri_datalist", ("training", "validation")),
