@@ -66,6 +66,7 @@ def make_datalist(
     seed: int = 0,
     image_key: str = "image",
     label_key: str = "label",
+    test_fraction: float = 0.0,
 ) -> dict[str, list[dict[str, str]]]:
     """Decathlon-style datalist of the volumes in ``folder`` (see :func:`find_volumes`).
 
@@ -76,13 +77,16 @@ def make_datalist(
             ``base_dir`` to :func:`load_datalist`.
         val_fraction: fraction of cases moved, at random, from ``"training"`` to ``"validation"`` (at least
             one when > 0; at least one case stays in training).
-        seed: seed of that random choice.
+        seed: seed of the random choices (validation first, then test among the remaining cases, so adding a test
+            list leaves the validation list of a seed unchanged).
         image_key: key of the image paths.
         label_key: key of the label paths.
+        test_fraction: fraction of all cases moved, at random, to ``"test"`` (at least one when > 0), disjoint
+            from ``"validation"``; the list cover_seg's evaluate.json and inference.json read by default.
 
     Returns:
         ``{"training": [{image_key: relpath[, label_key: relpath]}, ...]}`` sorted by case name, plus
-        ``"validation"`` when ``val_fraction > 0``.
+        ``"validation"`` when ``val_fraction > 0`` and ``"test"`` when ``test_fraction > 0``.
 
     Raises:
         FileNotFoundError: a folder does not exist.
@@ -105,15 +109,20 @@ def make_datalist(
         case: {image_key: relative(path), **({label_key: relative(label_paths[case])} if labels is not None else {})}
         for case, path in images.items()
     }
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = max(1, round(val_fraction * len(entries))) if val_fraction > 0 else 0
-    if n_val >= len(entries):
-        raise InputValueError(f"val_fraction {val_fraction} leaves no training case among {len(entries)} volumes")
-    val_cases = set(random.Random(seed).sample(sorted(entries), n_val))
-    datalist = {"training": [e for case, e in entries.items() if case not in val_cases]}
-    if val_fraction > 0:
-        datalist["validation"] = [e for case, e in entries.items() if case in val_cases]
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise InputValueError(f"{name} must be in [0, 1), got {fraction}")
+    n_val, n_test = (max(1, round(f * len(entries))) if f > 0 else 0 for f in (val_fraction, test_fraction))
+    if n_val + n_test >= len(entries):
+        raise InputValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} leave no training case "
+                              f"among {len(entries)} volumes ({n_val} validation + {n_test} test)")
+    rng = random.Random(seed)
+    val_cases = set(rng.sample(sorted(entries), n_val))
+    test_cases = set(rng.sample(sorted(set(entries) - val_cases), n_test))
+    datalist = {"training": [e for case, e in entries.items() if case not in val_cases | test_cases]}
+    for key, cases in (("validation", val_cases), ("test", test_cases)):
+        if cases:
+            datalist[key] = [e for case, e in entries.items() if case in cases]
     return datalist
 
 
