@@ -84,9 +84,20 @@ def test_segnet_shapes_and_frozen_backbone():
     logits.mean().backward()
     assert network.head.weight.grad is not None
     assert all(p.grad is None for p in network.backbone.parameters())
+    # fine-tuning: pretrained backbone weights get non-zero gradients and one optimizer step changes them
+    torch.manual_seed(0)
     trainable = CoverSegNet(1, 2, TINY_CHANNELS)
-    trainable(torch.rand(1, 1, 16, 16, 16)).mean().backward()
-    assert trainable.backbone.conv_0.conv_0.conv.weight.grad is not None
+    trainable.backbone.load_state_dict(CoverNet(1, TINY_CHANNELS).backbone.state_dict())
+    before = {k: v.clone() for k, v in trainable.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
+    label = (torch.rand(1, 16, 16, 16) > 0.5).long()
+    torch.nn.functional.cross_entropy(trainable(torch.rand(1, 1, 16, 16, 16)), label).backward()
+    first, last = trainable.backbone.conv_0.conv_0.conv.weight, next(reversed(list(trainable.backbone.parameters())))
+    assert first.grad.norm() > 0 and last.grad.norm() > 0
+    optimizer.step()
+    changed = [k for k, v in trainable.backbone.state_dict().items() if v.is_floating_point() and not v.equal(before[k])]
+    weights = [k for k, v in before.items() if k.endswith("weight")]
+    assert set(weights) <= set(changed), sorted(set(weights) - set(changed))
 
 
 def test_backbone_learning_rate_scale_reaches_the_bundles_optimizer():
@@ -170,6 +181,34 @@ def test_train_resume_evaluate_infer(tmp_path):
     truth = np.asarray(nib.load(data / "labelsTr" / "case_003.nii.gz").dataobj) > 0
     dice = 2 * np.logical_and(predicted > 0, truth).sum() / ((predicted > 0).sum() + truth.sum())
     assert dice == pytest.approx(metrics["dice"], abs=1e-3)  # evaluation and inference agree on the label's grid
+
+
+@pytest.mark.slow
+def test_inference_on_one_volume_logs_what_it_loads_and_writes_and_never_overwrites(tmp_path):
+    """--image segments one volume (no datalist); the log names the weights and the written file; a second run into
+    the same folder is refused in one last line and leaves the file as it was; --overwrite True replaces it."""
+    image = REPO / "sample_data" / "mri" / "stroke_flair.nii.gz"
+    weights = tmp_path / "model.pt"
+    torch.save(CoverSegNet(1, 2, TINY_CHANNELS).state_dict(), weights)
+    out = tmp_path / "out"
+    args = ["--image", str(image), "--weights", str(weights), "--output_dir", str(out), *TINY]
+    log = run_bundle(BUNDLE / "inference.json", tmp_path, *args)
+    written = out / "stroke_flair_seg.nii.gz"
+    assert f"loaded weights {weights}" in log and f"wrote {written}" in log, log[-3000:]
+    prediction, source = nib.load(written), nib.load(image)
+    assert prediction.shape == source.shape and np.allclose(prediction.affine, source.affine, atol=1e-4)
+    assert [p.name for p in out.iterdir()] == [written.name]
+
+    before = written.stat().st_mtime_ns
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "inference.json"), *args]
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert (refused.stdout + refused.stderr).strip().splitlines()[-1] == (
+        f"output {written} already exists: pass --overwrite True to replace it, or another --output_dir"
+    )
+    assert written.stat().st_mtime_ns == before
+    assert f"wrote {written}" in run_bundle(BUNDLE / "inference.json", tmp_path, *args, "--overwrite", "True")
+    assert written.stat().st_mtime_ns != before
 
 
 @pytest.mark.slow

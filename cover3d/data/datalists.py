@@ -18,7 +18,7 @@ from monai.utils import ensure_tuple
 from cover3d.data.readers import VOLUME_SUFFIXES, volume_suffix
 from cover3d.errors import InputFileNotFoundError, InputValueError
 
-__all__ = ["find_volumes", "load_datalist", "make_datalist"]
+__all__ = ["find_volumes", "inference_datalist", "load_datalist", "make_datalist"]
 
 # keys whose relative paths load_decathlon_datalist always joins with the base dir
 PATH_KEYS = ("image", "label")
@@ -168,6 +168,25 @@ def load_datalist(
             raise InputFileNotFoundError(f"{where} references a missing file: {missing[0]}")
         raise InputFileNotFoundError(f"{where} references {len(missing)} missing files:\n  " + "\n  ".join(missing))
     return entries
+
+
+def inference_datalist(
+    image: str | os.PathLike | None,
+    datalist: str | os.PathLike,
+    key: str = "test",
+    base_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The volumes an inference run segments: ``[{"image": image}]`` for one volume (a bundle's ``--image``; then
+    ``datalist``, ``key`` and ``base_dir`` are not read), else :func:`load_datalist` ``(datalist, key, base_dir)``.
+
+    Raises:
+        FileNotFoundError: ``image`` does not exist (or, without it, see :func:`load_datalist`).
+    """
+    if image is None:
+        return load_datalist(datalist, key, base_dir=base_dir)
+    if not os.path.exists(image):
+        raise InputFileNotFoundError(f"input volume not found: --image {image}")
+    return [{"image": os.path.normpath(os.path.abspath(image))}]
 
 
 def _normalised(paths: str | list[str]) -> str | list[str]:
