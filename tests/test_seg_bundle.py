@@ -130,6 +130,53 @@ def test_bundle_configs_agree():
     assert image_only[0] == image_only[1] == configs["train.json"]["preprocessing"].replace("label_keys='label', ", "")
 
 
+@pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
+def test_metadata_follows_the_bundle_spec(name):
+    """No deprecated key (MONAI warns on every run), and the segmentation output is what the network returns: 2-channel
+    logits, on every axis a multiple of 16 (the default patch 48 x 48 x 32 is not cubic). MONAI's ``verify_metadata``
+    needs the schema it downloads (no copy ships with MONAI 1.6.1), so the fixed fields are checked here."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    path = REPO / "bundles" / name / "metadata.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser = ConfigParser()
+        parser.read_meta(str(path))
+        meta = parser.get_parsed_content("_meta_")
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+    assert "optional_packages_version" not in meta and "nibabel" in meta["required_packages_version"]
+    if name == "cover_seg":
+        image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+        assert pred["format"] == "logits" and pred["num_channels"] == len(pred["channel_def"]) == 2
+        assert image["spatial_shape"] == pred["spatial_shape"] == ["16*n", "16*n", "16*p"]
+
+
+@pytest.mark.slow
+def test_verify_and_torchscript_export_by_trace(tmp_path):
+    """The documented commands: verify_net_in_out, and ckpt_export with --use_trace (the networks are not scriptable:
+    torch.jit.script fails on the backbone's Python-side shape check); the traced network equals the eager one on
+    the traced shape and on another one."""
+    weights = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    network = CoverSegNet(1, 2, TINY_CHANNELS).eval()
+    torch.save(network.state_dict(), weights)
+    common = ["--config_file", str(BUNDLE / "inference.json"), "--meta_file", str(BUNDLE / "metadata.json"),
+              "--channels", str(TINY_CHANNELS).replace(" ", "")]  # fmt: skip
+    for command in (["verify_net_in_out", "network_def", *common],
+                    ["ckpt_export", "network_def", *common, "--ckpt_file", str(weights), "--filepath",
+                     str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]):  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    for shape in ((1, 1, 48, 48, 32), (1, 1, 32, 64, 16)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), network(x))
+
+
 @pytest.mark.slow
 def test_train_resume_evaluate_infer(tmp_path):
     """Train 1 epoch from pretrained weights, resume to 2 epochs, evaluate, infer NIfTI in the input's geometry;
