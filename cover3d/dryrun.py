@@ -362,8 +362,8 @@ def _print_report(report: Mapping) -> None:
     if "steps" in report:
         s = report["steps"]
         line = f"{s['steps']} real steps: {s['it_per_s']:.2f} it/s after a first step of {s['seconds_first']:.1f} s"
-        line += (f"; measured peak RSS of this dry run {s['measured_peak_rss_bytes'] / MiB:,.0f} MiB (ru_maxrss; it holds "
-                 f"{len(report['volumes'])} of the {report['memory']['cached_volumes']} volumes the run caches)")
+        line += (f"; measured peak RSS of this dry run {s['measured_peak_rss_bytes'] / MiB:,.0f} MiB (ru_maxrss; it "
+                 f"holds {len(report['volumes'])} of the {report['memory']['cached_volumes']} volumes the run caches)")
         if "measured_peak_bytes" in s:
             line += f", GPU {s['measured_peak_bytes'] / MiB:,.0f} MiB (torch.cuda.max_memory_allocated)"
         print(line)

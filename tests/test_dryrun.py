@@ -65,13 +65,14 @@ def test_supervised_fraction_is_set_by_the_deformation_not_by_the_data(tmp_path,
     """The mask is p + psi(p) inside view a's patch: two different volumes give the same fraction for one setting
     (the deformations are drawn from the seed alone), a stronger deformation lowers it, and the output says so."""
     reports = []
-    for name, deformation in (("ts_example_mr", {}), ("stroke_flair", {}),
-                              ("stroke_flair", {"pair_transform#deformation": "$c3t.RandDeformationField(translate_range=12.0)"})):  # fmt: skip
+    stronger = {"pair_transform#deformation": "$c3t.RandDeformationField(translate_range=12.0)"}
+    for name, deformation in (("ts_example_mr", {}), ("stroke_flair", {}), ("stroke_flair", stronger)):
         datalist = tmp_path / f"{name}.json"
         datalist.write_text(json.dumps({"training": [{"image": f"{name}.nii.gz"}], "validation": []}))
-        reports.append(dry_run(MRI, dryrun_volumes=1, dryrun_steps=0, datalist=str(datalist), **TINY_NET, **deformation))
-    thin, flair, stronger = (r["supervised_fraction"] for r in reports)
-    assert thin == flair and stronger < flair - 0.05, (thin, flair, stronger)
+        reports.append(dry_run(MRI, dryrun_volumes=1, dryrun_steps=0, datalist=str(datalist), **TINY_NET,
+                               **deformation))  # fmt: skip
+    thin, flair, strong = (r["supervised_fraction"] for r in reports)
+    assert thin == flair and strong < flair - 0.05, (thin, flair, strong)
     assert reports[0]["volumes"][0]["pairs"][0]["foreground"] != reports[1]["volumes"][0]["pairs"][0]["foreground"]
     assert "not by the images; the same on every dataset for one setting" in capsys.readouterr().out
 

@@ -95,7 +95,8 @@ def test_segnet_shapes_and_frozen_backbone():
     first, last = trainable.backbone.conv_0.conv_0.conv.weight, next(reversed(list(trainable.backbone.parameters())))
     assert first.grad.norm() > 0 and last.grad.norm() > 0
     optimizer.step()
-    changed = [k for k, v in trainable.backbone.state_dict().items() if v.is_floating_point() and not v.equal(before[k])]
+    after = trainable.backbone.state_dict()
+    changed = [k for k, v in after.items() if v.is_floating_point() and not v.equal(before[k])]
     weights = [k for k, v in before.items() if k.endswith("weight")]
     assert set(weights) <= set(changed), sorted(set(weights) - set(changed))
 
@@ -164,9 +165,9 @@ def test_verify_and_torchscript_export_by_trace(tmp_path):
     torch.save(network.state_dict(), weights)
     common = ["--config_file", str(BUNDLE / "inference.json"), "--meta_file", str(BUNDLE / "metadata.json"),
               "--channels", str(TINY_CHANNELS).replace(" ", "")]  # fmt: skip
-    for command in (["verify_net_in_out", "network_def", *common],
-                    ["ckpt_export", "network_def", *common, "--ckpt_file", str(weights), "--filepath",
-                     str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]):  # fmt: skip
+    export = ["ckpt_export", "network_def", *common, "--ckpt_file", str(weights), "--filepath",
+              str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]  # fmt: skip
+    for command in (["verify_net_in_out", "network_def", *common], export):
         result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=600)  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

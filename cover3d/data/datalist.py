@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="fraction of cases for 'test' (disjoint from 'validation'; the list cover_seg's "
                         "evaluate.json and inference.json read by default)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the validation and test splits (a test list leaves a seed's validation list as it "
-                        "was)")
+                        help="seed of the validation and test splits (a test list leaves a seed's validation list "
+                        "as it was)")
     parser.add_argument("--check", action="store_true", help="open every file and validate it (pre-flight check)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(48, 48, 48), metavar=("X", "Y", "Z"),
                         help="with --check: training patch every image must cover (default: the bundles' 48 48 48)")

@@ -54,7 +54,11 @@ def log_written(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def segmentation_output_paths(
-    datalist: Sequence[dict], output_dir: str | os.PathLike, postfix: str, extension: str = ".nii.gz", key: str = "image"
+    datalist: Sequence[dict],
+    output_dir: str | os.PathLike,
+    postfix: str,
+    extension: str = ".nii.gz",
+    key: str = "image",
 ) -> list[str]:
     """The files ``SaveImaged(output_dir=output_dir, output_postfix=postfix, output_ext=extension,
     separate_folder=False)`` writes for the entries of ``datalist`` (named after each entry's first ``key`` path),
