@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,16 +22,17 @@ from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import Compose, RandGaussianNoised
 from monai.utils import set_determinism
 
-from cover3d.data import StreamDataset, StreamSampler
-from cover3d.engine.checkpoints import prune_checkpoints
+from cover3d.data import StreamDataset, StreamSampler, datalist_fingerprint
 from cover3d.engine import (
     CheckpointMismatchError,
+    RunFolderError,
     RunLock,
     RunLockedError,
     TrainingCheckpoints,
     list_checkpoints,
     require_bool,
 )
+from cover3d.engine.checkpoints import prune_checkpoints, remove_orphan_temporaries, save_atomic
 
 EPOCH_LENGTH = 4
 
@@ -39,10 +41,12 @@ class Interrupt(RuntimeError):
     """Stands for a crash at a given iteration."""
 
 
-def make_run(save_dir, epochs: int, resume: bool = True, width: int = 8, iteration_interval: int = 0, stop_at: int = 0):
+def make_run(save_dir, epochs: int, resume: bool = True, width: int = 8, iteration_interval: int = 0, stop_at: int = 0,
+             **checkpoint_settings):
     """A small real training run (SupervisedTrainer, AdamW, warm-up cosine schedule, seeded random transform on a
     stream of 5 samples); returns (trainer, network, lrs, images): ``lrs`` / ``images`` record the learning rate and
-    a fingerprint of the batch of every iteration actually trained."""
+    a fingerprint of the batch of every iteration actually trained. ``checkpoint_settings`` go to
+    :class:`TrainingCheckpoints` (metadata, data_fingerprint, run_outputs, log_dir)."""
     set_determinism(seed=0)
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.ReLU(), torch.nn.Linear(width, 1))
@@ -52,7 +56,7 @@ def make_run(save_dir, epochs: int, resume: bool = True, width: int = 8, iterati
     stream = StreamDataset(Dataset(items, Compose([RandGaussianNoised("image", prob=1.0, std=0.5)])), seed=3)
     sampler = StreamSampler(batch_size=2)
     checkpoints = TrainingCheckpoints(save_dir, {"network": network, "optimizer": optimizer, "lr_scheduler": scheduler},
-                                      resume=resume, iteration_interval=iteration_interval)  # fmt: skip
+                                      resume=resume, iteration_interval=iteration_interval, **checkpoint_settings)  # fmt: skip
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=epochs, epoch_length=EPOCH_LENGTH, network=network, optimizer=optimizer,
         train_data_loader=DataLoader(stream, batch_size=2, sampler=sampler), loss_function=torch.nn.MSELoss(),
@@ -151,7 +155,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     newest = tmp_path / "checkpoint_8.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
     (tmp_path / "checkpoint_12.pt").write_bytes(b"")  # empty
-    (tmp_path / ".checkpoint_16.pt.abc123.tmp").write_bytes(b"partial")  # a write killed mid-way
+    (tmp_path / ".checkpoint_16.pt.cover3d-abc123.tmp").write_bytes(b"partial")  # a write killed mid-way
     with caplog.at_level(logging.WARNING):
         trainer, _, lrs, _ = make_run(tmp_path, epochs=2)
     assert "checkpoint_12.pt is damaged" in caplog.text and "checkpoint_8.pt is damaged" in caplog.text
@@ -210,6 +214,183 @@ def test_stream_positions_split_across_ranks_cover_the_single_process_stream():
 
 
 
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> content)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_metadata_is_written_only_after_the_lock_and_the_fit_check(tmp_path):
+    make_run(tmp_path, epochs=1, metadata={"patch_size": 32})[0].run()
+    first = (tmp_path / "metadata.json").read_bytes()
+    assert json.loads(first) == {"patch_size": 32}
+    holder = RunLock(tmp_path)  # a run still training there
+    holder.acquire()
+    with pytest.raises(RunLockedError):
+        make_run(tmp_path, epochs=2, metadata={"patch_size": 48})
+    holder.release()
+    with pytest.raises(CheckpointMismatchError, match="other network settings"):
+        make_run(tmp_path, epochs=2, width=16, metadata={"channels": [4, 64]})
+    assert (tmp_path / "metadata.json").read_bytes() == first  # neither refused run touched the first run's metadata
+    make_run(tmp_path, epochs=2, metadata={"patch_size": 32, "resumed": True})[0].run()
+    assert json.loads((tmp_path / "metadata.json").read_text()) == {"patch_size": 32, "resumed": True}
+
+
+def test_bundles_write_metadata_through_the_checkpoint_handler_only():
+    """``initialize`` runs before the handler takes the lock: it must not write into the checkpoint folder."""
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    for name in ("cover_ct", "cover_mri", "cover_seg"):
+        for config in ("train.json", "multi_gpu_train.json"):
+            content = json.loads((bundles / name / config).read_text())
+            writes = [step for step in content["initialize"] if "@ckpt_dir" in step or "write_json" in step]
+            assert not writes, (name, config)
+        train = json.loads((bundles / name / "train.json").read_text())["train"]
+        (handler,) = [h for h in train["every_rank_handlers"] if isinstance(h, dict) and "TrainingCheckpoints" in h["_target_"]]
+        assert handler["data_fingerprint"] == "$cd.datalist_fingerprint(@train#datalist, @dataset_dir)"
+        assert handler["log_dir"] == "@output_dir" and "$os.path.join(@bundle_root, 'eval')" in handler["run_outputs"]
+        assert handler.get("metadata") == (None if name == "cover_seg" else "@weights_metadata")
+
+
+def test_fresh_start_moves_metadata_logs_and_evaluations_aside(tmp_path):
+    models, runs, evaluations = tmp_path / "models", tmp_path / "runs", tmp_path / "eval"
+    settings = {"metadata": {"run": 1}, "log_dir": runs, "run_outputs": [evaluations]}
+    make_run(models, epochs=1, **settings)[0].run()
+    runs.mkdir()
+    (runs / "events.out.tfevents.1.host.1.0").write_bytes(b"old curves")
+    evaluations.mkdir()
+    (evaluations / "field_accuracy.json").write_text("{}")
+    old = {"models": folder_state(models), "runs": folder_state(runs), "eval": folder_state(evaluations)}
+    own = runs / f"events.out.tfevents.2.host.{os.getpid()}.0"  # this run's TensorBoard writer: open already
+    own.write_bytes(b"new curves")
+    make_run(models, epochs=1, resume=False, **{**settings, "metadata": {"run": 2}})[0].run()
+    (aside,) = models.glob("previous_*")
+    assert folder_state(aside / "runs") == old["runs"] and folder_state(aside / "eval") == old["eval"]
+    moved = {k: v for k, v in old["models"].items() if k != ".lock"}
+    assert {k: v for k, v in folder_state(aside).items() if "/" not in k} == moved  # metadata.json included
+    assert json.loads((models / "metadata.json").read_text()) == {"run": 2} and not evaluations.exists()
+    assert folder_state(runs) == {own.name: b"new curves"}
+
+
+def test_fresh_start_leaves_a_log_folder_holding_other_files(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    make_run(tmp_path / "models", epochs=1, log_dir=mine)[0].run()
+    make_run(tmp_path / "models", epochs=1, resume=False, log_dir=mine)[0].run()
+    assert folder_state(mine) == {"notes.txt": b"the user's"}
+
+
+def test_cleanup_removes_only_cover3d_temporaries(tmp_path):
+    users = {".notes.tmp": b"mine", ".good.nii.gz.partial.tmp": b"half a download", ".x.abcdefgh.tmp": b"other tool"}
+    for name, content in users.items():
+        (tmp_path / name).write_bytes(content)
+    save_atomic({"w": torch.ones(1)}, tmp_path / "model.pt")
+    assert not list(tmp_path.glob("*cover3d*"))  # a successful write leaves no temporary
+    ours = [".model.pt.cover3d-k2j4_x9q.tmp", ".checkpoint_8.pt.cover3d-abc.tmp", ".checkpoint_4.pt.ab12cd_z.tmp"]
+    for name in ours:
+        (tmp_path / name).write_bytes(b"partial")
+    removed = remove_orphan_temporaries(tmp_path, file_names=["model.pt"])
+    assert sorted(p.name for p in removed) == sorted(ours)
+    assert {n: (tmp_path / n).read_bytes() for n in users} == users
+
+
+def test_a_folder_holding_other_files_is_refused_before_anything_is_written(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("scan.nii.gz", ".notes.tmp", ".good.nii.gz.partial.tmp"):
+        (data / name).write_bytes(b"the user's")
+    before = folder_state(data)
+    with pytest.raises(RunFolderError) as caught:
+        make_run(data, epochs=1, metadata={"patch_size": 32})
+    message = str(caught.value)
+    assert "\n" not in message and f"--ckpt_dir {data} holds files" in message
+    assert ".good.nii.gz.partial.tmp, .notes.tmp, scan.nii.gz" in message and "new or empty folder" in message
+    assert folder_state(data) == before and not (data / ".lock").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFolderError, match="is a file"):
+        make_run(tmp_path / "file", epochs=1)
+    # what a run leaves (checkpoints, weights, metadata, damaged files, logs, earlier runs) is accepted again
+    run = tmp_path / "run"
+    make_run(run, epochs=1, metadata={}, run_outputs=["eval"], log_dir=run / "runs")[0].run()
+    for folder in ("runs", "eval", "previous_20260101-000000"):
+        (run / folder).mkdir()
+    (run / "checkpoint_2.pt.damaged").write_bytes(b"")
+    make_run(run, epochs=2, metadata={}, run_outputs=["eval"], log_dir=run / "runs")[0].run()
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(tmp_path):
+    make_run(tmp_path, epochs=2)[0].run()  # checkpoint_4 and checkpoint_8
+    for path in list_checkpoints(tmp_path):
+        path.write_bytes(path.read_bytes()[:100])
+    before = folder_state(tmp_path)
+    with pytest.raises(CheckpointMismatchError) as caught:
+        make_run(tmp_path, epochs=3)
+    message = str(caught.value)
+    assert "\n" not in message and f"no readable checkpoint in {tmp_path}: all 2 are damaged" in message
+    assert "checkpoint_8.pt" in message and "--resume False" in message
+    assert folder_state(tmp_path) == before  # nothing renamed: the same command fails the same way again
+    trainer, _, lrs, _ = make_run(tmp_path, epochs=1, resume=False)
+    trainer.run()
+    assert len(lrs) == EPOCH_LENGTH and len(list(next(tmp_path.glob("previous_*")).glob("checkpoint_*.pt"))) == 2
+
+
+def test_an_unsafe_checkpoint_is_refused_unread(tmp_path):
+    marker = tmp_path / "executed"
+    make_run(tmp_path / "run", epochs=1)[0].run()
+    (planted := tmp_path / "run" / "checkpoint_4.pt").unlink()
+    torch.save({"network": RunsCode(marker)}, planted)  # the only checkpoint: a code-executing pickle
+    with pytest.raises(CheckpointMismatchError, match=r"no readable checkpoint.*global posix\.system"):
+        make_run(tmp_path / "run", epochs=2)
+    assert not marker.exists()
+
+
+class RunsCode:
+    """Unpickling this creates ``marker`` through ``os.system``: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_resume_over_other_training_data_is_refused(tmp_path, caplog):
+    make_run(tmp_path, epochs=1, data_fingerprint="3 entries, sha256 aaaa")[0].run()
+    with pytest.raises(CheckpointMismatchError) as caught:
+        make_run(tmp_path, epochs=2, data_fingerprint="5 entries, sha256 bbbb")
+    message = str(caught.value)
+    assert "\n" not in message and "checkpoint_4.pt was trained on other data (3 entries, sha256 aaaa; this run: 5" in message
+    assert "--dataset_dir and --datalist" in message and "--resume False" in message
+    make_run(tmp_path, epochs=2, data_fingerprint="3 entries, sha256 aaaa")[0].run()  # the same data resumes
+
+
+def test_checkpoints_without_a_fingerprint_resume_with_a_warning(tmp_path, caplog):
+    make_run(tmp_path, epochs=1)[0].run()  # as written before fingerprints existed
+    with caplog.at_level(logging.WARNING):
+        trainer, _, lrs, _ = make_run(tmp_path, epochs=2, data_fingerprint="3 entries, sha256 aaaa")
+    assert f"{tmp_path / 'checkpoint_4.pt'} records no training-data fingerprint" in caplog.text
+    trainer.run()
+    assert len(lrs) == EPOCH_LENGTH
+    assert torch.load(tmp_path / "checkpoint_8.pt", weights_only=True)["data_fingerprint"] == "3 entries, sha256 aaaa"
+
+
+def test_datalist_fingerprint_follows_the_files_not_the_folder(tmp_path):
+    def dataset(folder, sizes):
+        folder.mkdir(parents=True)
+        for name, size in sizes.items():
+            (folder / name).write_bytes(b"x" * size)
+        return [{"image": str(folder / name), "group": 1} for name in sizes]
+
+    a = dataset(tmp_path / "a", {"v1.nii.gz": 10, "v2.nii.gz": 20})
+    moved = dataset(tmp_path / "elsewhere" / "a", {"v2.nii.gz": 20, "v1.nii.gz": 10})
+    other = dataset(tmp_path / "b", {"v1.nii.gz": 10, "v2.nii.gz": 21})  # same names, one file differs in size
+    fingerprint = datalist_fingerprint(a, tmp_path / "a")
+    assert fingerprint.startswith("2 entries, sha256 ")
+    assert fingerprint == datalist_fingerprint(moved, tmp_path / "elsewhere" / "a")
+    assert datalist_fingerprint(other, tmp_path / "b") != fingerprint
+    assert datalist_fingerprint(a[:1], tmp_path / "a") != fingerprint
+    assert datalist_fingerprint([{**a[0], "group": 2}, a[1]], tmp_path / "a") != fingerprint
+
+
 @pytest.mark.slow
 def test_bundle_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     """A real ``kill -9`` of the cover_ct bundle mid-run, then the same command again: it resumes from the newest
@@ -240,3 +421,34 @@ def test_bundle_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     again = torch.load(tmp_path / "killed" / "models" / "model.pt", weights_only=True)
     for key in whole:
         torch.testing.assert_close(again[key], whole[key], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_refused_bundle_runs_leave_the_first_runs_folder_unchanged(tmp_path):
+    """The cover_ct bundle for real: a run over another datalist (and with other --channels) is refused in one last
+    line, and the first run's metadata.json (written by the bundle) is left as it was."""
+    repo = Path(__file__).resolve().parents[1]
+    settings = ["--epochs", "1", "--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs", "1",
+                "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]", "--groups", "[2,2,2,1,1]",
+                "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def bundle(*extra):
+        config = str(repo / "bundles" / "cover_ct" / "train.json")
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *settings, *extra]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800)
+
+    first = bundle("--channels", "[4,8,8,16,16]")
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    metadata = (tmp_path / "models" / "metadata.json").read_bytes()
+    assert json.loads(metadata)["pretraining"]["backbone_channels"] == [4, 8, 8, 16, 16]
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint_2.pt", weights_only=True)
+    assert checkpoint["data_fingerprint"].startswith("3 entries, sha256 ")
+
+    fewer = tmp_path / "two_volumes.json"
+    sample = json.loads((repo / "data_lists" / "sample_ct.json").read_text())
+    fewer.write_text(json.dumps({**sample, "training": sample["training"][:2]}))
+    refused = bundle("--channels", "[8,8,16,16,16]", "--datalist", str(fewer))  # other data and other settings
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode != 0 and "was trained on other data (3 entries" in last and "--datalist" in last
+    assert (tmp_path / "models" / "metadata.json").read_bytes() == metadata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from cover3d.networks.nets.backbone import UNetBackbone
 from cover3d.networks.nets.cover import CoverNet
 from cover3d.networks.nets.segmentation import CoverSegNet
-from cover3d.networks.weights import load_pretrained_weights, pretraining_metadata, read_state_dict
+from cover3d.networks.weights import UnsafeWeightsError, load_pretrained_weights, pretraining_metadata, read_state_dict
 
 CHANNELS = (8, 8, 16, 16, 16)
 
@@ -28,6 +29,16 @@ class Wrapper(nn.Module):
 
 class NotAWeight:
     """An arbitrary picklable object: ``weights_only=True`` must refuse to unpickle it."""
+
+
+class RunsCode:
+    """Unpickling this runs ``touch marker`` through ``os.system``: a real code-executing weights file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
 
 
 def seeded(module: nn.Module, seed: int) -> nn.Module:
@@ -180,6 +191,26 @@ def test_weights_only_refuses_pickled_objects_and_never_suggests_unsafe_loading(
     assert "False" not in message and caught.value.__cause__ is None  # torch's advice is not passed on
     if writer == "torch.save":
         assert "NotAWeight" in message
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 4", "pickle protocol 5"])
+def test_a_code_executing_file_is_refused_unread_naming_the_global(writer, tmp_path):
+    """torch 2.13 names ``posix.system`` only for a torch.save archive and stops at an opcode for a raw pickle; its
+    text also advises that weights_only=False "will likely succeed": that must never reach the user."""
+    marker = tmp_path / "executed"
+    path = tmp_path / "weights.pt"
+    content = {"network": CoverSegNet(1, 2, CHANNELS).state_dict(), "payload": RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(content, path)
+    else:
+        path.write_bytes(pickle.dumps(content, protocol=int(writer[-1])))
+    for load in (read_state_dict, lambda p: load_pretrained_weights(CoverSegNet(1, 2, CHANNELS), p)):
+        with pytest.raises(UnsafeWeightsError) as caught:
+            load(path)
+        message = str(caught.value)
+        assert f"refusing to load {path}: it holds pickled Python objects (global posix.system)" in message
+        assert "\n" not in message and "False" not in message and "likely succeed" not in message
+    assert not marker.exists()
 
 
 def test_bad_files_give_clear_errors(tmp_path):

@@ -6,6 +6,7 @@ The command line is :mod:`cover3d.data.datalist` (a module of its own, which ``c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -192,3 +193,34 @@ def inference_datalist(
 def _normalised(paths: str | list[str]) -> str | list[str]:
     """``paths`` with ``..`` and ``.`` resolved textually (``images/../labels/x`` -> ``labels/x``)."""
     return [os.path.normpath(p) for p in paths] if isinstance(paths, list) else os.path.normpath(paths)
+
+
+def datalist_fingerprint(entries: list[dict], base_dir: str | os.PathLike) -> str:
+    """A short identity of the training data, kept in every checkpoint so that a resume over other data is refused.
+
+    Each entry of ``entries`` (as :func:`load_datalist` returns them) is described by its keys and values, with each
+    ``image``/``label`` path written relative to ``base_dir`` (the dataset folder) together with its size in bytes
+    (a folder, e.g. a DICOM series: the total size of its files). The sorted descriptions are hashed (SHA-256): the
+    same files listed in any order, and the dataset folder moved or mounted elsewhere, give the same fingerprint;
+    another folder, a file added, removed, renamed or replaced by one of another size give another. Volumes are not
+    read (cheap for thousands of files).
+
+    Returns:
+        ``"<n> entries, sha256 <first 16 hex digits>"``.
+    """
+    base = os.path.abspath(base_dir)
+
+    def describe(path: str) -> list:
+        full = Path(path)
+        files = [p for p in full.iterdir() if p.is_file()] if full.is_dir() else [full] if full.is_file() else []
+        return [os.path.relpath(os.path.abspath(path), base), sum(p.stat().st_size for p in files)]
+
+    described = sorted(
+        json.dumps(
+            {k: [describe(p) for p in ensure_tuple(v)] if k in PATH_KEYS else v for k, v in entry.items()},
+            sort_keys=True, default=str,
+        )
+        for entry in entries
+    )
+    digest = hashlib.sha256("\n".join(described).encode()).hexdigest()[:16]
+    return f"{len(entries)} entries, sha256 {digest}"

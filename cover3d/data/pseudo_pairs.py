@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from cover3d.metrics import cycle_consistent_field
 from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.networks.weights import read_state_dict
 from cover3d.transforms.alignment import affine_align
 from cover3d.transforms.pair import CoverPaird, foreground_fraction, foreground_mask, fraction_within_reach
 
@@ -58,7 +59,7 @@ class InterSubjectPseudoPairs(Dataset):
                 "--pseudo#teacher_weights bundles/cover_mri/models/model.pt)")
         teacher = copy.deepcopy(network)
         device = next(teacher.parameters()).device
-        teacher.load_state_dict(torch.load(teacher_weights, map_location=device, weights_only=True))
+        teacher.load_state_dict(read_state_dict(teacher_weights))
         crop = ResizeWithPadOrCrop(pair_transform.pair.patch_size)
         rng = np.random.default_rng(seed)
         self.transform = Compose([])  # nothing random: a StreamDataset may seed it

@@ -4,7 +4,7 @@ from cover3d.engine.checkpoints import RunLock, RunLockedError, latest_checkpoin
 from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
 from cover3d.engine.outputs import load_weights, log_written, refuse_existing, segmentation_output_paths
-from cover3d.engine.run_checkpoints import CheckpointMismatchError, TrainingCheckpoints
+from cover3d.engine.run_checkpoints import CheckpointMismatchError, RunFolderError, TrainingCheckpoints
 from cover3d.engine.settings import check_settings, default_num_threads, require_bool, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
@@ -17,6 +17,7 @@ __all__ = [
     "FieldValidation",
     "RepresentationHealth",
     "RunLock",
+    "RunFolderError",
     "RunLockedError",
     "TrainingCheckpoints",
     "check_settings",

@@ -17,23 +17,31 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from cover3d.engine.checkpoints import (
     RunLock,
     checkpoint_path,
+    foreign_entries,
     list_checkpoints,
     move_aside,
     prune_checkpoints,
     remove_orphan_temporaries,
     save_atomic,
+    write_json_atomic,
 )
 from cover3d.engine.settings import require_bool
 from cover3d.errors import InputValueError
+from cover3d.networks.weights import load_weights_only
 
-__all__ = ["TrainingCheckpoints", "CheckpointMismatchError", "rng_state", "set_rng_state"]
+__all__ = ["TrainingCheckpoints", "CheckpointMismatchError", "RunFolderError", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 _SCHEDULER_COUNTERS = {"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial", "lr_lambdas"}
 
 
 class CheckpointMismatchError(InputValueError):
-    """A checkpoint that does not fit the run's network, optimizer or schedule (shown as one message)."""
+    """A checkpoint that does not fit the run's network, optimizer, schedule or training data, or no readable
+    checkpoint at all (shown as one message)."""
+
+
+class RunFolderError(InputValueError):
+    """A checkpoint folder holding files that a cover3d run did not write (shown as one message)."""
 
 
 def rng_state() -> dict[str, object]:
@@ -97,22 +105,39 @@ def _load_scheduler(scheduler: LRScheduler, saved: Mapping[str, object]) -> str 
 
 
 class TrainingCheckpoints:
-    """Attach to a trainer to make its run resumable and its outputs safe. On attach:
+    """Attach to a trainer to make its run resumable and its outputs safe. A run changes nothing but its own files:
 
+    - before anything is written, ``save_dir`` must be new, empty or hold only what cover3d runs write there
+      (``checkpoint_<n>.pt``, ``*.damaged``, ``.lock``, cover3d's ``.<name>.cover3d-<random>.tmp`` temporaries,
+      ``previous_*/``, ``final_filename``, ``metadata_filename``, the ``run_outputs`` and ``runs/``, ``eval/``):
+      a folder holding anything else (a data folder given as ``--ckpt_dir``) is refused with a one-line
+      :class:`RunFolderError`;
     - takes an exclusive :class:`~cover3d.engine.checkpoints.RunLock` on ``save_dir`` (a second run into the same
-      folder is refused with a clear message) and deletes temporary files a killed write left behind;
-    - ``resume=False``: moves the checkpoints and ``run_outputs`` of an earlier run into ``save_dir/previous_<time>/``
-      (a fresh start is really fresh: a later resume can never pick an old run's file);
-    - ``resume=True``: picks the newest readable ``checkpoint_<iteration>.pt`` (a damaged newest file is renamed
-      ``*.damaged`` with a warning and the previous one is used), checks it fits (network shapes, epoch length, not
-      past ``max_epochs``: one-line :class:`CheckpointMismatchError` otherwise) and loads every object of
-      ``save_dict``; the schedule keeps this run's settings at the saved position (see ``_load_scheduler``). At
-      ``STARTED`` it restores the engine's iteration/epoch, the AMP grad scaler and the global RNG states.
+      folder is refused with a clear message) and deletes the temporaries of cover3d's own interrupted writes;
+    - ``resume=False``: moves the checkpoints (damaged ones included), ``final_filename``, ``metadata_filename``,
+      the ``run_outputs`` (names in ``save_dir``, or paths such as the bundle's evaluation folder) and the earlier
+      TensorBoard event files of ``log_dir`` (when it holds nothing else) of an earlier run into
+      ``save_dir/previous_<time>/`` (a fresh start is really fresh: a later resume can never pick an old run's
+      file, and the logs and evaluations of the old weights leave with them);
+    - ``resume=True``: picks the newest readable ``checkpoint_<iteration>.pt`` (a damaged or unsafe newest file is
+      renamed ``*.damaged`` with a warning and the previous one is used; when checkpoints exist but none is
+      readable, a one-line :class:`CheckpointMismatchError`, nothing renamed), checks it fits (network shapes,
+      epoch length, not past ``max_epochs``, same training data: one-line :class:`CheckpointMismatchError`
+      otherwise) and loads every object of ``save_dict``; the schedule keeps this run's settings at the saved
+      position (see ``_load_scheduler``). At ``STARTED`` it restores the engine's iteration/epoch, the AMP grad
+      scaler and the global RNG states;
+    - only then writes ``metadata`` (the weights' description, e.g. preprocessing and layout) to
+      ``save_dir/metadata_filename``: a refused run leaves the earlier run's metadata as it was.
+
+    ``data_fingerprint`` identifies the training data (see :func:`cover3d.data.datalist_fingerprint`); it is stored
+    in every checkpoint and a resume whose fingerprint differs is refused. Checkpoints written before fingerprints
+    existed hold none: they are resumed with a warning naming the file.
 
     While training it writes ``checkpoint_<iteration>.pt`` atomically every ``epoch_interval`` epochs and every
     ``iteration_interval`` iterations (0: off), keeping the newest ``keep`` (>= 2, so a damaged newest file has a
-    fallback) and those at the iterations in ``keep_iterations`` (snapshots of a long run), and at the end ``final_filename``: the plain state dict of ``save_dict[final_key]`` (the weights users
-    load; no ``module.`` prefix). In a distributed run only rank 0 writes; every rank loads.
+    fallback) and those at the iterations in ``keep_iterations`` (snapshots of a long run), and at the end
+    ``final_filename``: the plain state dict of ``save_dict[final_key]`` (the weights users load; no ``module.``
+    prefix). In a distributed run only rank 0 writes; every rank loads.
 
     Written instead of MONAI's ``CheckpointSaver`` / ``CheckpointLoader`` because they write non-atomically, keep no
     fallback, find the file only at config time and restore the checkpoint's schedule over the configured one.
@@ -129,8 +154,12 @@ class TrainingCheckpoints:
         keep_iterations: Sequence[int] = (),
         final_filename: str | None = "model.pt",
         final_key: str = "network",
-        run_outputs: Sequence[str] = (),
+        run_outputs: Sequence[str | os.PathLike] = (),
         map_location: str | torch.device | None = None,
+        metadata: Mapping[str, object] | None = None,
+        metadata_filename: str = "metadata.json",
+        data_fingerprint: str | None = None,
+        log_dir: str | os.PathLike | None = None,
     ) -> None:
         if final_filename is not None and final_key not in save_dict:
             raise ValueError(f"final_key {final_key!r} is not in save_dict keys {sorted(save_dict)}")
@@ -145,7 +174,11 @@ class TrainingCheckpoints:
         self.keep_iterations = tuple(int(i) for i in keep_iterations)
         self.final_filename = final_filename
         self.final_key = final_key
-        self.run_outputs = [*run_outputs, *([final_filename] if final_filename else [])]
+        self.metadata = metadata
+        self.metadata_filename = metadata_filename
+        self.data_fingerprint = data_fingerprint
+        self.log_dir = None if log_dir is None else Path(log_dir)
+        self.run_outputs = [*run_outputs, metadata_filename, *([final_filename] if final_filename else [])]
         self.map_location = map_location
         self.lock = RunLock(self.save_dir)
         self.loaded: Path | None = None
@@ -157,6 +190,7 @@ class TrainingCheckpoints:
         return idist.get_rank() == 0
 
     def attach(self, engine: Engine) -> None:
+        self._refuse_foreign_folder()
         if self.is_writer:
             self.lock.acquire()
         try:
@@ -169,26 +203,60 @@ class TrainingCheckpoints:
         engine.add_event_handler(Events.COMPLETED, self._complete)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._failed)
 
+    def _own_names(self) -> tuple[set[str], set[str]]:
+        """(file names, folder names) that cover3d runs write directly into ``save_dir``."""
+        files = {Path(o).name for o in self.run_outputs if not Path(o).is_absolute()}
+        outputs = [*self.run_outputs, *([self.log_dir] if self.log_dir is not None else [])]
+        inside = self.save_dir.resolve()
+        folders = {"runs", "eval"} | {Path(o).name for o in outputs if (self.save_dir / o).resolve().parent == inside}
+        return files, folders
+
+    def _refuse_foreign_folder(self) -> None:
+        if self.save_dir.exists() and not self.save_dir.is_dir():
+            raise RunFolderError(f"--ckpt_dir {self.save_dir} is a file: give the run a folder (a new or empty one)")
+        foreign = foreign_entries(self.save_dir, *self._own_names())
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+            raise RunFolderError(
+                f"--ckpt_dir {self.save_dir} holds files a cover3d run did not write ({shown}): a run writes its "
+                "checkpoints, weights and logs there and moves or deletes its own files, so give it a new or empty "
+                "folder (e.g. --ckpt_dir DIR/models)"
+            )
+
     def _prepare_folder(self, engine: Engine) -> None:
         if self.is_writer:
-            for orphan in remove_orphan_temporaries(self.save_dir):
+            for orphan in remove_orphan_temporaries(self.save_dir, self._own_names()[0]):
                 logger.warning(f"removed {orphan}, left behind by an interrupted write")
-            if not self.resume and (moved := move_aside(self.save_dir, self.run_outputs)) is not None:
-                logger.warning(f"fresh start (resume False): the previous run's checkpoints and weights were moved to {moved}")
+            if not self.resume and (moved := move_aside(self.save_dir, self.run_outputs, self.log_dir)) is not None:
+                logger.warning(f"fresh start (resume False): the previous run's checkpoints, weights, metadata and "
+                               f"logs were moved to {moved}")  # fmt: skip
         if idist.get_world_size() > 1:
             idist.barrier()  # the other ranks look for checkpoints only after rank 0 has tidied the folder
         if self.resume:
             self._resume_objects(engine)
+        if self.is_writer and self.metadata is not None:
+            write_json_atomic(self.metadata, self.save_dir / self.metadata_filename)
 
     def _read_newest(self) -> tuple[Path, dict] | None:
+        """The newest readable checkpoint (None when there is none at all). Unreadable newer ones are renamed
+        ``*.damaged`` only once a readable one is found; if none is, nothing is renamed and the run is refused."""
+        unreadable: list[tuple[Path, str]] = []
         for path in reversed(list_checkpoints(self.save_dir)):
             try:
-                return path, torch.load(path, map_location=self.map_location, weights_only=True)
-            except Exception as error:  # noqa: BLE001 - any unreadable file: truncated, empty, not a zip, pickled objects
-                reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-                logger.warning(f"checkpoint {path} is damaged ({type(error).__name__}: {reason}); falling back to the previous one")
-                if self.is_writer:
-                    path.rename(path.with_name(path.name + ".damaged"))
+                found = path, load_weights_only(path, map_location=self.map_location)
+            except ValueError as error:  # truncated, empty, not a zip, or holding pickled objects (refused unread)
+                logger.warning(f"checkpoint {path} is damaged or unsafe ({error}); falling back to the previous one")
+                unreadable.append((path, str(error)))
+                continue
+            if self.is_writer:
+                for bad, _ in unreadable:
+                    bad.rename(bad.with_name(bad.name + ".damaged"))
+            return found
+        if unreadable:
+            raise CheckpointMismatchError(
+                f"no readable checkpoint in {self.save_dir}: all {len(unreadable)} are damaged or unsafe (newest: "
+                f"{unreadable[0][1]}); start over with --resume False (they are moved aside), or use another --ckpt_dir"
+            )
         return None
 
     def _resume_objects(self, engine: Engine) -> None:
@@ -217,6 +285,16 @@ class TrainingCheckpoints:
 
     def _check_fits(self, path: Path, saved: Mapping, engine: Engine) -> None:
         start_over = "start over with --resume False (the old checkpoints are moved aside) or use another --ckpt_dir"
+        if self.data_fingerprint is not None:
+            saved_data = saved.get("data_fingerprint")
+            if saved_data is None:
+                logger.warning(f"{path} records no training-data fingerprint (written by an older cover3d): resuming "
+                               "without checking that this run trains on the same data")  # fmt: skip
+            elif saved_data != self.data_fingerprint:
+                raise CheckpointMismatchError(
+                    f"{path} was trained on other data ({saved_data}; this run: {self.data_fingerprint}): resume with "
+                    f"that run's --dataset_dir and --datalist, or {start_over}"
+                )
         for key, obj in self.save_dict.items():
             if isinstance(obj, torch.nn.Module) and key in saved:
                 if (problem := _module_mismatch(key, _unwrap(obj), saved[key])) is not None:
@@ -277,6 +355,8 @@ class TrainingCheckpoints:
         if getattr(engine, "scaler", None) is not None:
             state["scaler"] = engine.scaler.state_dict()
         state["rng"] = rng_state()
+        if self.data_fingerprint is not None:
+            state["data_fingerprint"] = self.data_fingerprint
         save_atomic(state, checkpoint_path(self.save_dir, iteration))
         self._last_saved_iteration = iteration
         prune_checkpoints(self.save_dir, self.keep, self.keep_iterations)

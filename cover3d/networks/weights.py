@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import pickle
+import pickletools
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +31,10 @@ from cover3d.networks.pretraining_checks import backbone_widths, layout_differen
 
 __all__ = [
     "METADATA_KEYS",
+    "UnsafeWeightsError",
     "WeightLoadReport",
     "load_pretrained_weights",
+    "load_weights_only",
     "pretraining_metadata",
     "read_state_dict",
 ]
@@ -43,8 +47,8 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "network.")
 CHECKPOINT_KEYS = ("network", "model", "state_dict", "model_state_dict", "net")
 # blocks of a pretraining bundle's metadata.json that describe how to reuse its weights
 METADATA_KEYS = ("preprocessing", "pretraining")
-# torch's weights-only unpickler error text (torch 2.6 .. 2.13) names what it refused after this marker
-WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
+# globals torch's weights-only unpickler accepts in a torch.save file (its own rebuild functions, OrderedDict, ...)
+_TORCH_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
 
 
 @dataclass
@@ -191,34 +195,46 @@ def load_pretrained_weights(
     return report
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict stored in ``path``: the file's dict of tensors, or the one inside a checkpoint dict.
+class UnsafeWeightsError(InputValueError):
+    """A weights or checkpoint file holding pickled Python objects, refused unread (shown as one message)."""
+
+
+def load_weights_only(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: the one way cover3d reads a ``.pt`` file. Tensors and plain
+    containers (dict, list, tuple, str, numbers) only, because unpickling an object can run arbitrary code.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds pickled objects other than tensors and plain containers (refused by
-            ``weights_only=True``), cannot be read by ``torch.load``, or holds no state dict.
+        UnsafeWeightsError: the file holds other pickled objects: one line naming the file and the first refused
+            global (e.g. ``posix.system``); nothing of it is executed, and torch's advice to retry with
+            ``weights_only=False`` is not passed on.
+        ValueError: the file is not a PyTorch checkpoint, or is truncated or corrupt.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFoundError(f"weights file not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if not _is_pickled(path):
             raise InputValueError(
                 f"cannot read weights file {path}: not a PyTorch checkpoint or corrupt (neither a torch.save "
                 "archive nor a pickle stream)"
             ) from None  # torch's own text suggests weights_only=False
-        raise InputValueError(
-            f"refusing to load {path}: it holds pickled Python objects ({_unpickler_reason(e)}), and cover3d "
+        raise UnsafeWeightsError(
+            f"refusing to load {path}: it holds pickled Python objects ({_refused_global(e, path)}), and cover3d "
             "reads weights with torch.load(weights_only=True), which accepts only tensors and plain containers "
             "(dict, list, tuple, str, numbers) because unpickling an object can run arbitrary code. Save the "
             "network's state dict alone: torch.save(network.state_dict(), path)."
         ) from None  # torch's own text suggests weights_only=False
-    except (RuntimeError, EOFError, OSError) as e:
-        raise InputValueError(f"cannot read weights file {path}: {_unpickler_reason(e)}") from e
-    return _find_state_dict(content, str(path))
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise InputValueError(f"cannot read weights file {path}: {_first_line(e)}") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict stored in ``path``: the file's dict of tensors, or the one inside a checkpoint dict, read by
+    :func:`load_weights_only` (its errors), or a one-line ``ValueError`` when the file holds no state dict."""
+    return _find_state_dict(load_weights_only(path), str(Path(path)))
 
 
 def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
@@ -255,16 +271,53 @@ def _is_pickled(path: Path) -> bool:
         return f.read(1) == b"\x80"
 
 
-def _unpickler_reason(error: Exception) -> str:
-    """The informative part of a ``torch.load`` error, without torch's paragraphs of advice: what the weights-only
-    unpickler met (``Unsupported global: GLOBAL pkg.Class``, ``Unsupported operand 149``), else the first line."""
-    text = str(error)
-    if WEIGHTS_ONLY_MARKER in text:
-        detail = text.split(WEIGHTS_ONLY_MARKER, 1)[1].strip().splitlines()
-        first = detail[0].strip() if detail else ""
-        return first.split(" was not an allowed global")[0].split(". ")[0] or "an object that is not a tensor"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+def _refused_global(error: Exception, path: Path) -> str:
+    """What the weights-only unpickler refused, as ``global <module>.<name>`` (torch's text names it for a
+    ``torch.save`` archive; for a raw pickle stream torch stops earlier, at an unsupported opcode, so the stream is
+    scanned, never executed, for its first global that is not torch's), else ``objects that are not tensors``."""
+    named = re.search(r"GLOBAL ([\w.]+)", str(error))
+    found = named.group(1) if named else next(
+        (g for g in _pickled_globals(path) if not g.startswith(_TORCH_GLOBALS)), None
+    )
+    return f"global {found}" if found else "objects that are not tensors"
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """``module.name`` of every global a pickle stream (or a ``torch.save`` archive's ``data.pkl``) imports, in
+    order, read with :func:`pickletools.genops` (which parses opcodes and executes nothing); [] if unparsable."""
+    with path.open("rb") as f:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            f.seek(0)
+            data = f.read()
+    found: list[str] = []
+    pushed: list[str | None] = []  # what each opcode pushed: a string, or None for anything else
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            if opcode.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(arg if isinstance(arg, str) and "UNICODE" in opcode.name else None)
+    except ValueError:  # a truncated stream: keep what was found
+        pass
+    return found
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -33,6 +33,10 @@ class CoverNet(nn.Module):
             96^3 (widths 32-512, CPU): extra peak memory 0.62x of the plain step for 1.08x its CPU time
             (``benchmarks/pretraining_step.py``).
         projection_gain: initial scale of the pyramid projections' GroupNorm (see :class:`VectorPyramid`).
+        backbone: another backbone module to use instead of the ``UNetBackbone`` built from ``channels`` and
+            ``channels_per_norm_group`` (which are then unused), e.g. :class:`NnUNetBackbone`. It takes
+            ``(B, in_channels, D, H, W)`` and returns one feature per pyramid level, coarse to fine, levels x2 apart,
+            with ``feature_channels`` (channels per level, coarse to fine).
 
     ``forward(x)`` takes ``x`` ``(B, 2 * in_channels, D, H, W)``: view a's channels then view b's (sizes divisible
     by 16). In eval mode it returns the predicted field ``(B, 3, D, H, W)`` in voxels (``x_b ~ warp(x_a, field)``).
@@ -53,11 +57,12 @@ class CoverNet(nn.Module):
         checkpoint_levels: bool | Sequence[bool] = False,
         checkpoint_backbone: bool = False,
         projection_gain: float = 3.0,
+        backbone: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.checkpoint_backbone = checkpoint_backbone
-        self.backbone = UNetBackbone(3, in_channels, channels, channels_per_norm_group)
+        self.backbone = backbone if backbone is not None else UNetBackbone(3, in_channels, channels, channels_per_norm_group)
         self.pyramid = VectorPyramid(
             self.backbone.feature_channels, radii, groups, channels_per_group, veu_impl, checkpoint_levels,
             projection_gain,
