@@ -5,8 +5,9 @@ as ``monai.bundle run`` and reuses the bundle's own objects (``preprocessing``, 
 ``network_def``, ``loss``, ``optimizer``, ``train#trainer``), so it describes exactly what the real run would do:
 voxel size and shapes after preprocessing vs patch and context, the fraction of supervised voxels that are
 foreground and within the pyramid's reach (the figures a real run logs as ``foreground_fraction`` and
-``reach_fraction``), the estimated peak memory of a step, iterations/s of a few real steps, and a WARNING line for
-each setting that will not work. Own options: ``--dryrun_volumes`` (volumes read, default 3), ``--dryrun_pairs``
+``reach_fraction``), the estimated peak memory of the run (framework baseline + cached training data + a step's
+activations and the weights, gradients and AdamW moments) next to the dry run's own measured peak RSS,
+iterations/s of a few real steps, and a WARNING line for each setting that will not work. Own options: ``--dryrun_volumes`` (volumes read, default 3), ``--dryrun_pairs``
 (pairs per volume, 2), ``--dryrun_steps`` (real training steps, 3; 0 skips them), ``--dryrun_min_foreground``
 (0.75), ``--dryrun_min_reach`` (0.99), ``--dryrun_output`` (also write the report as JSON).
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Mapping, Sequence
 
@@ -28,10 +31,25 @@ from monai.transforms import Compose
 from cover3d.engine.checkpoints import write_json_atomic
 from cover3d.transforms import CoverPair, foreground_fraction, fraction_within_reach
 
-__all__ = ["dry_run", "estimate_step_memory", "saved_activation_bytes"]
+__all__ = ["dry_run", "estimate_step_memory", "peak_rss_bytes", "rss_bytes", "saved_activation_bytes"]
 
 MiB = 1024**2
 PROBE_SIZE = 32  # side of the probe patch whose saved activations are extrapolated (smallest size divisible by 16 x 2)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now, in bytes (Linux ``/proc/self/statm``; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def saved_activation_bytes(fn) -> int:
@@ -118,7 +136,8 @@ def _read_volumes(parser: ConfigParser, count: int) -> list[dict]:
         image = data["image"]
         spacing = [round(float(s), 3) for s in image.pixdim] if hasattr(image, "pixdim") else None
         name = str(entry["image"]).rsplit("/", 1)[-1]
-        volumes.append({"name": name, "spacing_mm": spacing, "shape": list(image.shape[1:]), "data": data})
+        volumes.append({"name": name, "spacing_mm": spacing, "shape": list(image.shape[1:]), "data": data,
+                        "bytes": sum(v.numel() * v.element_size() for v in data.values() if torch.is_tensor(v))})
     if not volumes:
         raise ValueError("the bundle's training datalist is empty")
     return volumes
@@ -212,6 +231,7 @@ def dry_run(
     """Describe what ``config_file`` (+ ``override``, as ``monai.bundle run`` takes them) will do; print it and return
     the report as a dict (``warnings`` lists every setting that will not work). Refuses bundles with neither a
     ``pair_transform`` (pretraining) nor a ``patch_size`` (segmentation)."""
+    baseline_rss = rss_bytes()  # the framework (Python, torch, MONAI, cover3d) before any data or network
     parser = _parse(config_file, override)
     if "pair_transform" not in parser and "patch_size" not in parser:
         kinds = "a pretraining bundle (pair_transform) nor a patch-based one (patch_size)"
@@ -223,7 +243,7 @@ def dry_run(
     warnings = _size_warnings(volumes, patch, context)
     if "pair_transform" in parser:
         warnings += _pretraining_report(parser, volumes, report, dryrun_pairs, dryrun_steps,
-                                        dryrun_min_foreground, dryrun_min_reach)
+                                        dryrun_min_foreground, dryrun_min_reach, baseline_rss)
     else:
         report["note"] = "segmentation bundle: no pair transform, so reach/foreground/memory figures do not apply"
         for v in volumes:
@@ -237,7 +257,21 @@ def dry_run(
     return report
 
 
-def _pretraining_report(parser, volumes, report, pairs_per_volume, steps, min_foreground, min_reach) -> list[str]:
+def _memory_estimate(parser: ConfigParser, volumes: Sequence[dict], step_bytes: int, baseline_rss: int,
+                     device: torch.device) -> dict:
+    """Estimated peak memory of the real run: ``baseline`` (this process's RSS before reading data: Python, torch,
+    MONAI, cover3d), ``data`` (the preprocessed training volumes the run caches: the mean size of the volumes read
+    here times their count) and ``step`` (:func:`estimate_step_memory`: activations + weights,
+    gradients, AdamW moments; on the GPU when ``device`` is CUDA). ``peak_rss`` adds the step on CPU only."""
+    cached = len(parser.get_parsed_content("train#datalist"))
+    data = int(statistics.fmean(v["bytes"] for v in volumes) * cached)
+    on_cpu = device.type != "cuda"
+    return {"baseline": baseline_rss, "data": data, "cached_volumes": cached, "step": step_bytes,
+            "peak_rss": baseline_rss + data + (step_bytes if on_cpu else 0)}
+
+
+def _pretraining_report(parser, volumes, report, pairs_per_volume, steps, min_foreground, min_reach,
+                        baseline_rss) -> list[str]:
     seed = int(parser.get_parsed_content("seed")) if "seed" in parser else 0
     pairs, threshold = _pair_figures(parser, volumes, pairs_per_volume, seed)
     network = parser.get_parsed_content("network_def")
@@ -257,12 +291,14 @@ def _pretraining_report(parser, volumes, report, pairs_per_volume, steps, min_fo
         supervised_fraction=statistics.fmean(f["supervised"] for f in figures),
         largest_displacement=max(f["largest_displacement"] for f in figures),
     )
+    if steps > 0:  # before the memory probe, so that the measured peak is the real steps' (the probe's is larger)
+        report["steps"] = _real_steps(parser, pairs, steps)
+        report["steps"]["measured_peak_rss_bytes"] = peak_rss_bytes()
     report["estimated_peak_bytes"] = estimate_step_memory(
         network, parser.get_parsed_content("loss"), in_channels, report["patch_size"], batch, device,
         report["amp"], amp_dtype,
     )
-    if steps > 0:
-        report["steps"] = _real_steps(parser, pairs, steps)
+    report["memory"] = _memory_estimate(parser, volumes, report["estimated_peak_bytes"], baseline_rss, device)
     warnings = []
     for v in volumes:
         foreground = statistics.fmean(f["foreground"] for f in v["pairs"])
@@ -297,22 +333,39 @@ def _print_report(report: Mapping) -> None:
         print(report["note"])
     if "reach" in report:
         print(
-            f"supervised voxels: {report['supervised_fraction']:.1%} of the patch, foreground (view b > "
-            f"{report['background_threshold']}, mask_background {report['mask_background']}) "
-            f"{report['foreground_fraction']:.1%}, within reach ({report['reach']} voxels, radii {report['radii']}) "
-            f"{report['reach_fraction']:.1%}; largest displacement {report['largest_displacement']:.1f} voxels"
+            f"supervised voxels: {report['supervised_fraction']:.1%} of the patch: the voxels of view b whose source "
+            "point p + psi(p) lies inside view a's patch (the loss's mask). Set by the deformation "
+            "(pair_transform#deformation), patch_size, mask_margin and the seed, not by the images"
+            + (" (mask_background True also drops view b's background)" if report["mask_background"] else "")
+            + "; the same on every dataset for one setting."
+        )
+        print(
+            f"of the supervised voxels: foreground (view b > {report['background_threshold']}, mask_background "
+            f"{report['mask_background']}) {report['foreground_fraction']:.1%}, within reach ({report['reach']} "
+            f"voxels, radii {report['radii']}) {report['reach_fraction']:.1%}; largest displacement "
+            f"{report['largest_displacement']:.1f} voxels"
         )
         precision = report["amp_dtype"] if report["amp"] else "fp32"
-        print(
-            f"estimated peak memory of a step: {report['estimated_peak_bytes'] / MiB:,.0f} MiB ({precision}, batch "
-            f"{report['batch_size']}, {report['device']}; the measured 5.5 KiB/voxel of widths 32-512 (3 KiB with "
-            f"checkpoint_backbone) scaled by this network's saved activations in a {PROBE_SIZE}^3 step, + AdamW state)"
+        memory = report["memory"]
+        step = (
+            f"a step {memory['step'] / MiB:,.0f} MiB ({precision}, batch {report['batch_size']}: activations, the "
+            f"measured 5.5 KiB/voxel of widths 32-512 (3 KiB with checkpoint_backbone) scaled by this network's saved "
+            f"activations in a {PROBE_SIZE}^3 step, + weights, gradients and AdamW moments)"
         )
+        parts = (f"framework baseline {memory['baseline'] / MiB:,.0f} MiB (RSS before reading data) + cached data "
+                 f"{memory['data'] / MiB:,.0f} MiB ({memory['cached_volumes']} preprocessed training volumes)")
+        if report["device"].startswith("cuda"):
+            print(f"estimated peak GPU memory of {step}; estimated process RSS {memory['peak_rss'] / MiB:,.0f} MiB "
+                  f"= {parts}")
+        else:
+            print(f"estimated peak memory of the run: {memory['peak_rss'] / MiB:,.0f} MiB = {parts} + {step}")
     if "steps" in report:
         s = report["steps"]
         line = f"{s['steps']} real steps: {s['it_per_s']:.2f} it/s after a first step of {s['seconds_first']:.1f} s"
+        line += (f"; measured peak RSS of this dry run {s['measured_peak_rss_bytes'] / MiB:,.0f} MiB (ru_maxrss; it "
+                 f"holds {len(report['volumes'])} of the {report['memory']['cached_volumes']} volumes the run caches)")
         if "measured_peak_bytes" in s:
-            line += f"; measured peak {s['measured_peak_bytes'] / MiB:,.0f} MiB (torch.cuda.max_memory_allocated)"
+            line += f", GPU {s['measured_peak_bytes'] / MiB:,.0f} MiB (torch.cuda.max_memory_allocated)"
         print(line)
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")

@@ -282,10 +282,28 @@ def test_preflight_check_compares_volumes_with_the_training_patch(tmp_path, capl
         preflight_check([{"image": path}], keys="image", patch_size=(48, 16, 16), pixdim=(1.5, 1.5, 1.5))
     caplog.set_level(logging.WARNING)
     preflight_check([{"image": path}], keys="image", patch_size=(32, 16, 16), pixdim=(1.5, 1.5, 1.5))
-    assert "slab.nii.gz: smaller than the training patch: [20, 16, 16]" in caplog.text
+    assert "smaller than the training patch [32, 16, 16] on RAS axis x (L-R)" in caplog.text
+    assert "slab.nii.gz [20, 16, 16] (20 < 32)" in caplog.text
     not_divisible = r"^pre-flight check: patch_size \[40, 16, 16\] is not divisible by 16.*use e.g. \[32, 16, 16\]"
     with pytest.raises(ValueError, match=not_divisible):
         preflight_check([{"image": path}], keys="image", patch_size=(40, 16, 16))
+
+
+def test_preflight_check_groups_warnings_names_the_axis_and_ends_with_a_summary(tmp_path, caplog):
+    """Five volumes short on z, two short on x: two lines with counts and examples, then the summary line."""
+    entries = [{"image": save_nifti(tmp_path / f"thin_{i}.nii.gz", np.random.rand(20, 20, 10).astype(np.float32))}
+               for i in range(5)]  # fmt: skip
+    entries += [{"image": save_nifti(tmp_path / f"narrow_{i}.nii.gz", np.random.rand(12, 20, 20).astype(np.float32))}
+                for i in range(2)]  # fmt: skip
+    caplog.set_level(logging.INFO, logger="cover3d.data.checks")
+    report = preflight_check(entries, keys="image", patch_size=(16, 16, 16), pixdim=(1.5, 1.5, 1.5))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    thin, narrow, summary = lines
+    assert thin.startswith("5 volume(s) smaller than the training patch [16, 16, 16] on RAS axis z (I-S) at ")
+    assert "thin_0.nii.gz [20, 20, 13] (13 < 16); thin_1.nii.gz" in thin and thin.endswith("and 2 more")
+    assert narrow.startswith("2 volume(s) smaller than the training patch [16, 16, 16] on RAS axis x (L-R)")
+    assert summary == "pre-flight check: 7 volumes checked, 7 warnings of 2 kinds, 0 errors" == report.summary()
 
 
 def test_preflight_check_missing_only_and_valid(volumes):
@@ -332,12 +350,14 @@ def test_datalist_cli_on_folder(tmp_path, oblique, capsys):
     images, labels = make_dataset(tmp_path / "data", oblique)
     out = tmp_path / "lists" / "data.json"
     args = [str(images), "--output", str(out), "--labels", str(labels), "--base-dir", str(tmp_path / "data")]
-    too_small = r"4 problems .*\n.*case_a.nii.gz: much smaller than the training patch: \[16, 20, 12\]"
+    too_small = (r"8 volumes checked, 0 warnings of 0 kinds, 4 errors .*\n.*case_a.nii.gz: much smaller than the "
+                 r"training patch: \[16, 20, 12\].* on RAS axes x \(L-R\), y \(P-A\), z \(I-S\)")
     with pytest.raises(ValueError, match=too_small):
         datalist_main([*args, "--check"])  # the bundles' default 48^3 patch at the volumes' own spacing
     datalist_main([*args, "--val-fraction", "0.25", "--seed", "3", "--check", "--patch-size", "16", "16", "16",
                    "--pixdim", "0.5", "0.5", "0.5"])  # fmt: skip
-    assert "3 training, 1 validation" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 training, 1 validation" in printed and "8 volumes checked, 0 warnings of 0 kinds, 0 errors" in printed
     content = json.loads(out.read_text())
     entries = content["training"] + content["validation"]
     assert sorted(e["image"] for e in entries) == [
@@ -369,11 +389,36 @@ def test_make_datalist_errors(tmp_path, oblique):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ValueError, match="no volumes found"):
         make_datalist(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="leaves no training"):
+    with pytest.raises(ValueError, match="leave no training"):
         make_datalist(images, val_fraction=0.9)
+    with pytest.raises(ValueError, match="leave no training case among 4 volumes \\(2 validation \\+ 2 test\\)"):
+        make_datalist(images, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match=r"test_fraction must be in \[0, 1\), got 1.0"):
+        make_datalist(images, test_fraction=1.0)
     default = make_datalist(images)
     assert [e["image"] for e in default["training"]] == ["case_a.nii.gz", "case_b.nrrd", "case_c.mha", "case_d"]
-    assert "validation" not in default
+    assert "validation" not in default and "test" not in default
+
+
+def test_datalist_cli_writes_a_seeded_disjoint_test_list(tmp_path, capsys):
+    """--test-fraction: a 'test' list (what cover_seg evaluate / inference read), disjoint from 'validation', the same
+    for a seed, and the seed's validation list unchanged by it."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(10):
+        save_nifti(images / f"case_{i}.nii.gz", np.random.rand(4, 4, 4).astype(np.float32))
+    out = tmp_path / "list.json"
+    datalist_main([str(images), "--output", str(out), "--val-fraction", "0.2", "--test-fraction", "0.3", "--seed", "1"])
+    assert "wrote" in capsys.readouterr().out
+    lists = {k: {e["image"] for e in v} for k, v in json.loads(out.read_text()).items()}
+    assert {k: len(v) for k, v in lists.items()} == {"training": 5, "validation": 2, "test": 3}
+    assert set.union(*lists.values()) == {f"case_{i}.nii.gz" for i in range(10)}  # disjoint and complete
+    assert make_datalist(images, val_fraction=0.2, test_fraction=0.3, seed=1) == json.loads(out.read_text())
+    without_test = make_datalist(images, val_fraction=0.2, seed=1)
+    assert {e["image"] for e in without_test["validation"]} == lists["validation"]
+    other_seed = make_datalist(images, val_fraction=0.2, test_fraction=0.3, seed=2)
+    assert {e["image"] for e in other_seed["test"]} != lists["test"]
+    assert load_datalist(out, "test", base_dir=images)[0]["image"].startswith(str(images))
 
 
 @pytest.mark.parametrize("modality", ["ct", "mri"])

@@ -25,14 +25,26 @@ def two_mri_volumes(tmp_path) -> str:
     return str(path)
 
 
-def test_dry_run_figures_match_what_the_trainer_logs_and_thin_volume_warns(two_mri_volumes):
-    report = dry_run(MRI, dryrun_volumes=2, dryrun_pairs=2, dryrun_steps=2, datalist=two_mri_volumes, **TINY_NET)
+def test_dry_run_figures_match_what_the_trainer_logs_and_the_memory_estimate_is_honest(two_mri_volumes, tmp_path):
+    """In its own process (ru_maxrss is the process's peak): the figures match what the trainer logs, the thin volume
+    warns, and the estimated peak memory of the run is within a factor of 2 of the measured peak RSS (the dry run
+    reads both volumes, as the run caches them; the old step-only estimate was 4.6 times below a measured peak)."""
+    output = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "cover3d.dryrun", "--config_file", MRI, "--datalist", two_mri_volumes,
+         "--dryrun_volumes", "2", "--dryrun_pairs", "2", "--dryrun_steps", "2", "--dryrun_output", str(output),
+         "--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"],
+        capture_output=True, text=True, timeout=900, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
     thin, flair = report["volumes"]
     assert thin["shape"][2] < 48 <= min(flair["shape"]) and thin["spacing_mm"] == [2.0, 2.0, 2.0]
     assert any("ts_example_mr" in w and "smaller than the patch" in w and "axis [2]" in w for w in report["warnings"])
     assert not any("stroke_flair" in w and "smaller than the patch" in w for w in report["warnings"])
     # batch 2, pairs in volume order: step i trains on the two pairs of volume i, and logs their batch means
     logged = report["steps"]["logged"]
+    assert len(logged) == report["steps"]["steps"] == 2
     for volume, step in zip(report["volumes"], logged):
         for key, figure in (("foreground_fraction", "foreground"), ("reach_fraction", "within_reach")):
             expected = sum(p[figure] for p in volume["pairs"]) / 2
@@ -40,8 +52,29 @@ def test_dry_run_figures_match_what_the_trainer_logs_and_thin_volume_warns(two_m
     # ts_example_mr's padded slab leaves about 40 % of the supervised voxels in background (measured 38 %)
     assert min(p["foreground"] for p in thin["pairs"]) < 0.75
     assert any("ts_example_mr" in w and "foreground" in w for w in report["warnings"])
-    assert report["reach_fraction"] == 1.0 and report["steps"]["it_per_s"] > 0
-    assert report["estimated_peak_bytes"] > 0
+    assert report["reach_fraction"] == 1.0
+
+    memory, measured = report["memory"], report["steps"]["measured_peak_rss_bytes"]
+    assert memory["cached_volumes"] == 2 and memory["step"] == report["estimated_peak_bytes"]
+    assert memory["peak_rss"] == memory["baseline"] + memory["data"] + memory["step"]  # CPU: the step is in RSS
+    assert measured / 2 < memory["peak_rss"] < 2 * measured, (memory, measured)
+    assert "estimated peak memory of the run:" in result.stdout and "measured peak RSS of this dry run" in result.stdout
+
+
+def test_supervised_fraction_is_set_by_the_deformation_not_by_the_data(tmp_path, capsys):
+    """The mask is p + psi(p) inside view a's patch: two different volumes give the same fraction for one setting
+    (the deformations are drawn from the seed alone), a stronger deformation lowers it, and the output says so."""
+    reports = []
+    stronger = {"pair_transform#deformation": "$c3t.RandDeformationField(translate_range=12.0)"}
+    for name, deformation in (("ts_example_mr", {}), ("stroke_flair", {}), ("stroke_flair", stronger)):
+        datalist = tmp_path / f"{name}.json"
+        datalist.write_text(json.dumps({"training": [{"image": f"{name}.nii.gz"}], "validation": []}))
+        reports.append(dry_run(MRI, dryrun_volumes=1, dryrun_steps=0, datalist=str(datalist), **TINY_NET,
+                               **deformation))  # fmt: skip
+    thin, flair, strong = (r["supervised_fraction"] for r in reports)
+    assert thin == flair and strong < flair - 0.05, (thin, flair, strong)
+    assert reports[0]["volumes"][0]["pairs"][0]["foreground"] != reports[1]["volumes"][0]["pairs"][0]["foreground"]
+    assert "not by the images; the same on every dataset for one setting" in capsys.readouterr().out
 
 
 def test_mask_background_makes_every_supervised_voxel_foreground(two_mri_volumes):

@@ -84,9 +84,21 @@ def test_segnet_shapes_and_frozen_backbone():
     logits.mean().backward()
     assert network.head.weight.grad is not None
     assert all(p.grad is None for p in network.backbone.parameters())
+    # fine-tuning: pretrained backbone weights get non-zero gradients and one optimizer step changes them
+    torch.manual_seed(0)
     trainable = CoverSegNet(1, 2, TINY_CHANNELS)
-    trainable(torch.rand(1, 1, 16, 16, 16)).mean().backward()
-    assert trainable.backbone.conv_0.conv_0.conv.weight.grad is not None
+    trainable.backbone.load_state_dict(CoverNet(1, TINY_CHANNELS).backbone.state_dict())
+    before = {k: v.clone() for k, v in trainable.backbone.state_dict().items()}
+    optimizer = torch.optim.SGD(trainable.parameters(), lr=0.1)
+    label = (torch.rand(1, 16, 16, 16) > 0.5).long()
+    torch.nn.functional.cross_entropy(trainable(torch.rand(1, 1, 16, 16, 16)), label).backward()
+    first, last = trainable.backbone.conv_0.conv_0.conv.weight, next(reversed(list(trainable.backbone.parameters())))
+    assert first.grad.norm() > 0 and last.grad.norm() > 0
+    optimizer.step()
+    after = trainable.backbone.state_dict()
+    changed = [k for k, v in after.items() if v.is_floating_point() and not v.equal(before[k])]
+    weights = [k for k, v in before.items() if k.endswith("weight")]
+    assert set(weights) <= set(changed), sorted(set(weights) - set(changed))
 
 
 def test_backbone_learning_rate_scale_reaches_the_bundles_optimizer():
@@ -119,6 +131,53 @@ def test_bundle_configs_agree():
     assert image_only[0] == image_only[1] == configs["train.json"]["preprocessing"].replace("label_keys='label', ", "")
 
 
+@pytest.mark.parametrize("name", ["cover_ct", "cover_mri", "cover_seg"])
+def test_metadata_follows_the_bundle_spec(name):
+    """No deprecated key (MONAI warns on every run), and the segmentation output is what the network returns: 2-channel
+    logits, on every axis a multiple of 16 (the default patch 48 x 48 x 32 is not cubic). MONAI's ``verify_metadata``
+    needs the schema it downloads (no copy ships with MONAI 1.6.1), so the fixed fields are checked here."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    path = REPO / "bundles" / name / "metadata.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser = ConfigParser()
+        parser.read_meta(str(path))
+        meta = parser.get_parsed_content("_meta_")
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+    assert "optional_packages_version" not in meta and "nibabel" in meta["required_packages_version"]
+    if name == "cover_seg":
+        image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+        assert pred["format"] == "logits" and pred["num_channels"] == len(pred["channel_def"]) == 2
+        assert image["spatial_shape"] == pred["spatial_shape"] == ["16*n", "16*n", "16*p"]
+
+
+@pytest.mark.slow
+def test_verify_and_torchscript_export_by_trace(tmp_path):
+    """The documented commands: verify_net_in_out, and ckpt_export with --use_trace (the networks are not scriptable:
+    torch.jit.script fails on the backbone's Python-side shape check); the traced network equals the eager one on
+    the traced shape and on another one."""
+    weights = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    network = CoverSegNet(1, 2, TINY_CHANNELS).eval()
+    torch.save(network.state_dict(), weights)
+    common = ["--config_file", str(BUNDLE / "inference.json"), "--meta_file", str(BUNDLE / "metadata.json"),
+              "--channels", str(TINY_CHANNELS).replace(" ", "")]  # fmt: skip
+    export = ["ckpt_export", "network_def", *common, "--ckpt_file", str(weights), "--filepath",
+              str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]  # fmt: skip
+    for command in (["verify_net_in_out", "network_def", *common], export):
+        result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    traced = torch.jit.load(str(tmp_path / "model.ts"))
+    for shape in ((1, 1, 48, 48, 32), (1, 1, 32, 64, 16)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), network(x))
+
+
 @pytest.mark.slow
 def test_train_resume_evaluate_infer(tmp_path):
     """Train 1 epoch from pretrained weights, resume to 2 epochs, evaluate, infer NIfTI in the input's geometry;
@@ -131,6 +190,7 @@ def test_train_resume_evaluate_infer(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     weights = tmp_path / "pretrained.pt"
+    torch.manual_seed(0)  # the same initial weights whichever tests ran before in this process
     torch.save({"module." + k: v for k, v in CoverNet(1, TINY_CHANNELS).state_dict().items()}, weights)
     common = ["--dataset_dir", str(data), "--datalist", str(data / "datalist.json"), *TINY]
     train = [*common, "--iterations_per_epoch", "2", "--val_interval", "1", "--batch_size", "1",
@@ -170,6 +230,34 @@ def test_train_resume_evaluate_infer(tmp_path):
     truth = np.asarray(nib.load(data / "labelsTr" / "case_003.nii.gz").dataobj) > 0
     dice = 2 * np.logical_and(predicted > 0, truth).sum() / ((predicted > 0).sum() + truth.sum())
     assert dice == pytest.approx(metrics["dice"], abs=1e-3)  # evaluation and inference agree on the label's grid
+
+
+@pytest.mark.slow
+def test_inference_on_one_volume_logs_what_it_loads_and_writes_and_never_overwrites(tmp_path):
+    """--image segments one volume (no datalist); the log names the weights and the written file; a second run into
+    the same folder is refused in one last line and leaves the file as it was; --overwrite True replaces it."""
+    image = REPO / "sample_data" / "mri" / "stroke_flair.nii.gz"
+    weights = tmp_path / "model.pt"
+    torch.save(CoverSegNet(1, 2, TINY_CHANNELS).state_dict(), weights)
+    out = tmp_path / "out"
+    args = ["--image", str(image), "--weights", str(weights), "--output_dir", str(out), *TINY]
+    log = run_bundle(BUNDLE / "inference.json", tmp_path, *args)
+    written = out / "stroke_flair_seg.nii.gz"
+    assert f"loaded weights {weights}" in log and f"wrote {written}" in log, log[-3000:]
+    prediction, source = nib.load(written), nib.load(image)
+    assert prediction.shape == source.shape and np.allclose(prediction.affine, source.affine, atol=1e-4)
+    assert [p.name for p in out.iterdir()] == [written.name]
+
+    before = written.stat().st_mtime_ns
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "inference.json"), *args]
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert (refused.stdout + refused.stderr).strip().splitlines()[-1] == (
+        f"output {written} already exists: pass --overwrite True to replace it, or another --output_dir"
+    )
+    assert written.stat().st_mtime_ns == before
+    assert f"wrote {written}" in run_bundle(BUNDLE / "inference.json", tmp_path, *args, "--overwrite", "True")
+    assert written.stat().st_mtime_ns != before
 
 
 @pytest.mark.slow

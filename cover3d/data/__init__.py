@@ -2,7 +2,7 @@
 inter-subject pseudo-pairs."""
 
 from cover3d.data.checks import label_shape_problem, preflight_check, volume_problems
-from cover3d.data.datalists import datalist_fingerprint, find_volumes, load_datalist, make_datalist
+from cover3d.data.datalists import datalist_fingerprint, find_volumes, inference_datalist, load_datalist, make_datalist
 from cover3d.data.field_io import read_displacement_field, read_displacement_field_transform, write_displacement_field
 from cover3d.data.pseudo_pairs import InterSubjectPseudoPairs, MixedPairs
 from cover3d.data.readers import VOLUME_SUFFIXES, SimpleITKReader, dicom_series_files, volume_suffix
@@ -18,6 +18,7 @@ __all__ = [
     "datalist_fingerprint",
     "dicom_series_files",
     "find_volumes",
+    "inference_datalist",
     "label_shape_problem",
     "load_datalist",
     "make_datalist",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from cover3d.errors import InputFileNotFoundError, InputValueError
 
 __all__ = [
     "MIN_PATCH_COVERAGE",
+    "PreflightReport",
     "label_shape_problem",
     "patch_size_problems",
     "preflight_check",
@@ -30,6 +33,41 @@ logger = logging.getLogger(__name__)
 
 # an image covering less than this fraction of the training patch on an axis is refused (mostly zero padding)
 MIN_PATCH_COVERAGE = 0.5
+# RAS axes as the tensor axes (C, X, Y, Z) of an oriented volume are called in messages
+RAS_AXIS_NAMES = ("x (L-R)", "y (P-A)", "z (I-S)")
+# files named per kind of warning; the others are counted
+WARNING_EXAMPLES = 3
+
+
+@dataclass
+class PreflightReport:
+    """What :func:`preflight_check` found in a datalist it did not refuse.
+
+    Attributes:
+        volumes: distinct files (or multi-file values) checked.
+        warnings: kind of warning -> ``"<file>: <detail>"`` for every file with that warning (a kind is one
+            sentence shared by its files, e.g. the axis a volume is smaller than the patch on).
+    """
+
+    volumes: int = 0
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+
+    def add_warning(self, kind: str, file_detail: str) -> None:
+        self.warnings.setdefault(kind, []).append(file_detail)
+
+    def warning_lines(self) -> list[str]:
+        """One line per kind: count, the kind, the first ``WARNING_EXAMPLES`` files and how many more."""
+        lines = []
+        for kind, files in self.warnings.items():
+            more = f" and {len(files) - WARNING_EXAMPLES} more" if len(files) > WARNING_EXAMPLES else ""
+            lines.append(f"{len(files)} volume(s) {kind}: e.g. {'; '.join(files[:WARNING_EXAMPLES])}{more}")
+        return lines
+
+    def summary(self, errors: int = 0) -> str:
+        """``pre-flight check: N volumes checked, K warnings of M kinds, E errors``."""
+        count = sum(len(files) for files in self.warnings.values())
+        return (f"pre-flight check: {self.volumes} volumes checked, {count} warnings of {len(self.warnings)} "
+                f"kinds, {errors} errors")
 
 
 def volume_problems(volume: torch.Tensor, name: str, channels: int = 1, is_label: bool = False) -> list[str]:
@@ -102,7 +140,7 @@ def preflight_check(
     reader: ImageReader | str | None = None,
     patch_size: Sequence[int] | None = None,
     pixdim: Sequence[float] | None = None,
-) -> None:
+) -> PreflightReport:
     """Open every file of ``datalist`` once and apply the checks of ``CheckVolumed`` (and the patch checks).
 
     Args:
@@ -116,8 +154,12 @@ def preflight_check(
             for NRRD/MHA/MHD files and DICOM folders (as the cover3d presets load them).
         patch_size: training patch; when given it must be divisible by 16, and every image must cover at least
             ``MIN_PATCH_COVERAGE`` of it on each RAS axis at ``pixdim`` (before any foreground crop); an image
-            smaller than the patch but not that small is logged as a warning (its patches are partly padding).
+            smaller than the patch but not that small is a warning (its patches are partly padding).
         pixdim: training voxel spacing in mm (None: each image's own spacing).
+
+    Returns:
+        the :class:`PreflightReport`; its warnings are logged grouped, one line per kind with a count and the first
+        files, followed by its summary line (``N volumes checked, K warnings of M kinds, 0 errors``).
 
     Raises:
         InputFileNotFoundError: when the only problems are missing files (all listed).
@@ -133,6 +175,7 @@ def preflight_check(
     missing: list[str] = []
     # files already checked -> shape-only (meta device) stand-in of the volume, None when missing or unreadable
     opened: dict[tuple[str, ...], torch.Tensor | None] = {}
+    report = PreflightReport()
     for index, entry in enumerate(datalist):
         volumes: dict[Hashable, tuple[torch.Tensor, str]] = {}
         for key in image_keys + label_keys:
@@ -144,7 +187,7 @@ def preflight_check(
             if paths not in opened:
                 volume = _open_and_check(loader, paths, index, key, key in label_keys, channels, problems, missing)
                 if _is_volume(volume) and patch_size is not None and key not in label_keys:
-                    _compare_with_patch(volume, name, patch_size, pixdim, problems)
+                    _compare_with_patch(volume, name, patch_size, pixdim, problems, report)
                 opened[paths] = None if volume is None else torch.empty(volume.shape, device="meta")  # no voxels kept
             if opened[paths] is not None and opened[paths].ndim == 4:
                 volumes[key] = (opened[paths], name)
@@ -152,14 +195,19 @@ def preflight_check(
         for key in (k for k in label_keys if k in volumes and image_key is not None):
             problem = label_shape_problem(*volumes[image_key], *volumes[key])
             problems += [problem] if problem and problem not in problems else []
+    report.volumes = len(opened)
+    for line in report.warning_lines():
+        logger.warning(line)
     if problems or missing:
         error = InputValueError if problems else InputFileNotFoundError
         lines = missing + problems
         if len(lines) == 1:
             raise error(f"pre-flight check: {lines[0]}")
         raise error(
-            f"pre-flight check found {len(lines)} problems in {len(datalist)} entries:\n  " + "\n  ".join(lines)
+            f"{report.summary(len(lines))} (in {len(datalist)} entries):\n  " + "\n  ".join(lines)
         )
+    logger.info(report.summary())
+    return report
 
 
 def _open_and_check(
@@ -181,20 +229,33 @@ def _open_and_check(
     return volume
 
 
+def _axes(axes: Sequence[int]) -> str:
+    """``"RAS axis z (I-S)"`` / ``"RAS axes x (R-L), z (I-S)"``."""
+    return f"RAS {'axes' if len(axes) > 1 else 'axis'} {', '.join(RAS_AXIS_NAMES[a] for a in axes)}"
+
+
 def _compare_with_patch(
-    volume: torch.Tensor, name: str, patch_size: Sequence[int], pixdim: Sequence[float] | None, problems: list[str]
+    volume: torch.Tensor, name: str, patch_size: Sequence[int], pixdim: Sequence[float] | None, problems: list[str],
+    report: PreflightReport,
 ) -> None:
     """Append a problem when ``volume`` covers less than ``MIN_PATCH_COVERAGE`` of the patch on an axis at the
-    training spacing (its patches would be mostly zero padding); log a warning when it is smaller than the patch."""
+    training spacing (its patches would be mostly zero padding); add a warning to ``report`` naming the axes when it
+    is smaller than the patch."""
     size, patch = resampled_size(volume, pixdim), [int(p) for p in patch_size]
     at = f"{[float(p) for p in pixdim]} mm" if pixdim is not None else "its own spacing"
-    if any(s < MIN_PATCH_COVERAGE * p for s, p in zip(size, patch)):
+    much_smaller = [a for a, (s, p) in enumerate(zip(size, patch)) if s < MIN_PATCH_COVERAGE * p]
+    smaller = [a for a, (s, p) in enumerate(zip(size, patch)) if s < p]
+    if much_smaller:
         problems.append(f"{name}: much smaller than the training patch: {size} voxels at {at} (RAS axes), less than "
-                        f"{MIN_PATCH_COVERAGE:.0%} of patch_size {patch} on an axis (patches would be mostly zero "
-                        "padding)")
-    elif any(s < p for s, p in zip(size, patch)):
-        logger.warning(f"{name}: smaller than the training patch: {size} voxels at {at} (RAS axes), patch_size "
-                       f"{patch}; its patches are zero-padded on that axis")
+                        f"{MIN_PATCH_COVERAGE:.0%} of patch_size {patch} on {_axes(much_smaller)} (patches would be "
+                        "mostly zero padding)")
+    elif smaller:
+        sizes = ", ".join(f"{size[a]} < {patch[a]}" for a in smaller)
+        report.add_warning(
+            f"smaller than the training patch {patch} on {_axes(smaller)} at {at}: their patches are zero-padded there "
+            f"(voxels at the training spacing, RAS axes)",
+            f"{Path(name).name} {size} ({sizes})",
+        )
 
 
 def _is_volume(volume: torch.Tensor | None) -> bool:

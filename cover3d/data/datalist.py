@@ -1,7 +1,7 @@
 """Command line: write a MONAI decathlon-style datalist of a folder of volumes (see :mod:`cover3d.data.datalists`)::
 
     python -m cover3d.data.datalist FOLDER --output OUT.json [--labels DIR] [--base-dir DIR]
-        [--val-fraction F] [--seed N] [--check [--patch-size X Y Z] [--pixdim X Y Z]]
+        [--val-fraction F] [--test-fraction F] [--seed N] [--check [--patch-size X Y Z] [--pixdim X Y Z]]
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--labels", help="folder of labels, matched to images by name without suffix")
     parser.add_argument("--base-dir", help="write paths relative to this folder (default: FOLDER)")
     parser.add_argument("--val-fraction", type=float, default=0.0, help="fraction of cases for 'validation'")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="fraction of cases for 'test' (disjoint from 'validation'; the list cover_seg's "
+                        "evaluate.json and inference.json read by default)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the validation and test splits (a test list leaves a seed's validation list "
+                        "as it was)")
     parser.add_argument("--check", action="store_true", help="open every file and validate it (pre-flight check)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=(48, 48, 48), metavar=("X", "Y", "Z"),
                         help="with --check: training patch every image must cover (default: the bundles' 48 48 48)")
@@ -39,13 +44,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="with --check: training spacing in mm (cover_ct: 2.5, cover_mri: 2; default: each "
                         "image's own spacing)")
     args = parser.parse_args(argv)
-    datalist = make_datalist(args.folder, args.labels, args.base_dir, args.val_fraction, args.seed)
+    datalist = make_datalist(args.folder, args.labels, args.base_dir, args.val_fraction, args.seed,
+                             test_fraction=args.test_fraction)
     base_dir = args.base_dir if args.base_dir is not None else args.folder
     if args.check:
         entries = [{k: os.path.normpath(os.path.join(base_dir, v)) for k, v in e.items()}
                    for es in datalist.values() for e in es]  # fmt: skip
-        preflight_check(entries, keys=("image",), label_keys=("label",) if args.labels else (),
-                        patch_size=args.patch_size, pixdim=args.pixdim)  # fmt: skip
+        report = preflight_check(entries, keys=("image",), label_keys=("label",) if args.labels else (),
+                                 patch_size=args.patch_size, pixdim=args.pixdim)  # fmt: skip
+        print(report.summary())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(datalist, indent=2) + "\n")
     counts = ", ".join(f"{len(v)} {k}" for k, v in datalist.items())

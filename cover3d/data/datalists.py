@@ -19,7 +19,7 @@ from monai.utils import ensure_tuple
 from cover3d.data.readers import VOLUME_SUFFIXES, volume_suffix
 from cover3d.errors import InputFileNotFoundError, InputValueError
 
-__all__ = ["find_volumes", "load_datalist", "make_datalist"]
+__all__ = ["find_volumes", "inference_datalist", "load_datalist", "make_datalist"]
 
 # keys whose relative paths load_decathlon_datalist always joins with the base dir
 PATH_KEYS = ("image", "label")
@@ -67,6 +67,7 @@ def make_datalist(
     seed: int = 0,
     image_key: str = "image",
     label_key: str = "label",
+    test_fraction: float = 0.0,
 ) -> dict[str, list[dict[str, str]]]:
     """Decathlon-style datalist of the volumes in ``folder`` (see :func:`find_volumes`).
 
@@ -77,13 +78,16 @@ def make_datalist(
             ``base_dir`` to :func:`load_datalist`.
         val_fraction: fraction of cases moved, at random, from ``"training"`` to ``"validation"`` (at least
             one when > 0; at least one case stays in training).
-        seed: seed of that random choice.
+        seed: seed of the random choices (validation first, then test among the remaining cases, so adding a test
+            list leaves the validation list of a seed unchanged).
         image_key: key of the image paths.
         label_key: key of the label paths.
+        test_fraction: fraction of all cases moved, at random, to ``"test"`` (at least one when > 0), disjoint
+            from ``"validation"``; the list cover_seg's evaluate.json and inference.json read by default.
 
     Returns:
         ``{"training": [{image_key: relpath[, label_key: relpath]}, ...]}`` sorted by case name, plus
-        ``"validation"`` when ``val_fraction > 0``.
+        ``"validation"`` when ``val_fraction > 0`` and ``"test"`` when ``test_fraction > 0``.
 
     Raises:
         FileNotFoundError: a folder does not exist.
@@ -106,15 +110,20 @@ def make_datalist(
         case: {image_key: relative(path), **({label_key: relative(label_paths[case])} if labels is not None else {})}
         for case, path in images.items()
     }
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = max(1, round(val_fraction * len(entries))) if val_fraction > 0 else 0
-    if n_val >= len(entries):
-        raise InputValueError(f"val_fraction {val_fraction} leaves no training case among {len(entries)} volumes")
-    val_cases = set(random.Random(seed).sample(sorted(entries), n_val))
-    datalist = {"training": [e for case, e in entries.items() if case not in val_cases]}
-    if val_fraction > 0:
-        datalist["validation"] = [e for case, e in entries.items() if case in val_cases]
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise InputValueError(f"{name} must be in [0, 1), got {fraction}")
+    n_val, n_test = (max(1, round(f * len(entries))) if f > 0 else 0 for f in (val_fraction, test_fraction))
+    if n_val + n_test >= len(entries):
+        raise InputValueError(f"val_fraction {val_fraction} and test_fraction {test_fraction} leave no training case "
+                              f"among {len(entries)} volumes ({n_val} validation + {n_test} test)")
+    rng = random.Random(seed)
+    val_cases = set(rng.sample(sorted(entries), n_val))
+    test_cases = set(rng.sample(sorted(set(entries) - val_cases), n_test))
+    datalist = {"training": [e for case, e in entries.items() if case not in val_cases | test_cases]}
+    for key, cases in (("validation", val_cases), ("test", test_cases)):
+        if cases:
+            datalist[key] = [e for case, e in entries.items() if case in cases]
     return datalist
 
 
@@ -160,6 +169,25 @@ def load_datalist(
             raise InputFileNotFoundError(f"{where} references a missing file: {missing[0]}")
         raise InputFileNotFoundError(f"{where} references {len(missing)} missing files:\n  " + "\n  ".join(missing))
     return entries
+
+
+def inference_datalist(
+    image: str | os.PathLike | None,
+    datalist: str | os.PathLike,
+    key: str = "test",
+    base_dir: str | os.PathLike | None = None,
+) -> list[dict]:
+    """The volumes an inference run segments: ``[{"image": image}]`` for one volume (a bundle's ``--image``; then
+    ``datalist``, ``key`` and ``base_dir`` are not read), else :func:`load_datalist` ``(datalist, key, base_dir)``.
+
+    Raises:
+        FileNotFoundError: ``image`` does not exist (or, without it, see :func:`load_datalist`).
+    """
+    if image is None:
+        return load_datalist(datalist, key, base_dir=base_dir)
+    if not os.path.exists(image):
+        raise InputFileNotFoundError(f"input volume not found: --image {image}")
+    return [{"image": os.path.normpath(os.path.abspath(image))}]
 
 
 def _normalised(paths: str | list[str]) -> str | list[str]:

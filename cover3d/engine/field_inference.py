@@ -21,6 +21,7 @@ from monai.utils import convert_to_tensor
 
 from cover3d.data.field_io import write_displacement_field
 from cover3d.data.readers import volume_suffix
+from cover3d.engine.outputs import refuse_existing
 from cover3d.errors import InputFileNotFoundError, InputValueError
 from cover3d.fields import warp
 from cover3d.metrics import endpoint_error, folding_fraction, foreground_overlap, global_ncc, mutual_information
@@ -145,9 +146,10 @@ def similarity_report(
 
 
 def save_field_prediction(
-    network: torch.nn.Module, pair: Mapping, output_dir: str | os.PathLike, amp: bool = False
+    network: torch.nn.Module, pair: Mapping, output_dir: str | os.PathLike, amp: bool = False, overwrite: bool = False
 ) -> dict[str, str]:
-    """Predict the field of an :func:`inference_pair` and write into ``output_dir`` (created), prefixed ``<name>_``:
+    """Predict the field of an :func:`inference_pair` and write into ``output_dir`` (created), prefixed ``<name>_``
+    (refused, before the prediction, when one of these files exists and ``overwrite`` is not True):
 
     - ``field.nii.gz``: predicted field as an ITK displacement field (LPS mm, see :mod:`cover3d.data.field_io`);
     - ``warped.nii.gz``: view a warped by it onto view b's grid (``warp(view a, field)``, should resemble view b);
@@ -158,16 +160,19 @@ def save_field_prediction(
       random deformation the mean end-point error (voxels) of the prediction and of the zero field over the voxels
       whose target ``p + psi(p)`` is inside the volume, and the fraction of those within the network's reach.
 
-    Returns a dict of the written paths (keys as above without suffix, plus ``summary``).
+    Returns a dict of the written paths (keys as above without suffix, plus ``summary``), each also logged.
     """
+    output_dir = Path(output_dir)
+    prefix = output_dir / str(pair["name"])
+    volumes = ("field", "warped", "fixed", "moving") + (("true_field",) if "ddf" in pair else ())
+    paths = {key: Path(f"{prefix}_{key}.nii.gz") for key in volumes}
+    paths["summary"] = Path(f"{prefix}_summary.json")
+    refuse_existing(paths.values(), overwrite, "predictions_dir")
     view_a, view_b = pair["image"], pair["image_b"]
     affine = view_b.affine
     field = predict_field(network, view_a[None], view_b[None], amp=amp)[0].cpu()
     warped = warp(view_a.as_tensor()[None].float().cpu(), field[None])[0]
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    prefix = output_dir / str(pair["name"])
-    paths = {key: Path(f"{prefix}_{key}.nii.gz") for key in ("field", "warped", "fixed", "moving")}
     write_displacement_field(field, affine, paths["field"])
     for key, volume in (("warped", warped), ("fixed", view_b), ("moving", view_a)):
         _write_volume(torch.as_tensor(volume), affine, paths[key])
@@ -184,14 +189,15 @@ def save_field_prediction(
     summary.update(similarity_report(moving, warped, fixed, pair.get("moving_foreground")))
     if "ddf" in pair:
         true = torch.as_tensor(pair["ddf"]).float().cpu()
-        paths["true_field"] = write_displacement_field(true, affine, f"{prefix}_true_field.nii.gz")
+        write_displacement_field(true, affine, paths["true_field"])
         inside = (warp(torch.ones_like(warped[:1])[None], true[None]) > 0.999).float()  # p + psi(p) inside the volume
         summary["epe"] = float(endpoint_error(field[None], true[None], inside)[0])
         summary["epe_identity"] = float(endpoint_error(torch.zeros_like(true)[None], true[None], inside)[0])
         summary["within_reach"] = fraction_within_reach(true, inside[0], network.reach)
-    paths["summary"] = Path(f"{prefix}_summary.json")
     paths["summary"].write_text(json.dumps(summary, indent=2))
-    logger.info(f"field prediction for {pair['name']} written to {output_dir}: {json.dumps(summary)}")
+    logger.info(f"field prediction for {pair['name']}: {json.dumps(summary)}")
+    for path in paths.values():
+        logger.info(f"wrote {path.resolve()}")
     similarity = summary["similarity"]
     logger.info(f"{pair['name']}: NCC {similarity['ncc_before']:.3f} -> {similarity['ncc_after']:.3f}, mutual "
                 f"information {similarity['mi_before']:.3f} -> {similarity['mi_after']:.3f} nats (before -> after "

@@ -215,6 +215,7 @@ SETTING_RULES: dict[str, Rule] = {
     "pretrained_weights": optional(_FILE),
     "image_a": optional(path("file or folder")),
     "image_b": optional(path("file or folder")),
+    "image": optional(path("file or folder")),
     # preprocessing and patches
     "modality": one_of("mri", "ct"),
     "pixdim": numbers(3, number(0, low_open=True)),
@@ -251,6 +252,7 @@ SETTING_RULES: dict[str, Rule] = {
     "sw_overlap": number(0, 1, high_open=True),
     # checkpoints and logging
     "resume": require_bool,
+    "overwrite": require_bool,
     "checkpoint_interval": _COUNT,
     "checkpoints_kept": integer(2),
     "snapshot_iterations": numbers(None, _POSITIVE),

@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
@@ -59,7 +60,8 @@ def report_field_accuracy(
     """:func:`field_accuracy` plus the number of pairs, logged and written as JSON to ``output_file``."""
     result = {**field_accuracy(network, pairs, amp=amp), "pairs": len(pairs)}
     write_json_atomic(result, output_file)
-    logger.info(f"field accuracy on {len(pairs)} pairs: EPE {result['epe']:.3f} vox, identity {result['epe_identity']:.3f} vox")
+    logger.info(f"field accuracy on {len(pairs)} pairs: EPE {result['epe']:.3f} vox, identity "
+                f"{result['epe_identity']:.3f} vox; wrote {Path(output_file).resolve()}")
     return result
 
 
