@@ -4,6 +4,7 @@ the value and what is allowed (``argparse`` prints ``error: argument --x: ...`` 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -11,48 +12,28 @@ __all__ = [
 ]
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (an integer >= 1 is allowed)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed (an integer >= 1 is)")
-    return value
+def _bounded(parse: type, allowed: str, accept: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: ``parse(text)`` (``int`` or ``float``) for which ``accept(value)`` holds, else one message
+    naming the value and ``allowed`` (e.g. "an integer >= 1")."""
+    kind = "an integer" if parse is int else "a number"
+
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind} ({allowed} is allowed)") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{value} is not allowed ({allowed} is)")
+        return value
+
+    check.__doc__ = f"{allowed[0].upper()}{allowed[1:]}."
+    return check
 
 
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (an integer >= 0 is allowed)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed (an integer >= 0 is)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a number >= 0 is allowed)") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not allowed (a finite number >= 0 is)")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a number > 0 is allowed)") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} is not allowed (a finite number > 0 is)")
-    return value
+positive_int = _bounded(int, "an integer >= 1", lambda v: v >= 1)
+non_negative_int = _bounded(int, "an integer >= 0", lambda v: v >= 0)  # a seed
+non_negative_float = _bounded(float, "a finite number >= 0", lambda v: 0 <= v < float("inf"))
+positive_float = _bounded(float, "a finite number > 0", lambda v: 0 < v < float("inf"))
 
 
 def existing_file(text: str) -> str:
