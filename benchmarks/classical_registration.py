@@ -55,7 +55,7 @@ from cover3d.data.field_io import field_from_itk_image, to_itk_image  # noqa: E4
 from cover3d.engine import fixed_pairs, latest_checkpoint  # noqa: E402
 from cover3d.engine.field_inference import predict_field  # noqa: E402
 from cover3d.metrics import endpoint_error, folding_fraction, fraction_within_tolerance  # noqa: E402
-from cover3d.networks.weights import read_state_dict  # noqa: E402
+from cover3d.networks.weights import load_weights_only, read_state_dict  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = {  # relative to the shared data folder; none of them is in sample_data/
@@ -180,10 +180,10 @@ def describe_weights(weights: Path) -> str:
     """Path, time written and, from the file itself or the newest checkpoint next to it, the training iterations."""
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(weights.stat().st_mtime))
     text = f"weights {weights} (written {stamp})"
-    source = weights if "trainer" in torch.load(weights, map_location="cpu", weights_only=True) else None
+    source = weights if "trainer" in load_weights_only(weights) else None
     source = source or latest_checkpoint(weights.parent)
     if source is not None:
-        trainer = torch.load(source, map_location="cpu", weights_only=True)["trainer"]
+        trainer = load_weights_only(source)["trainer"]
         text += f"; trained {trainer['iteration']} iterations ({trainer['epoch_length']} per epoch, from {source.name})"
     return text
 

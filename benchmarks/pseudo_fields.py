@@ -30,6 +30,7 @@ from monai.transforms import ResizeWithPadOrCrop
 
 from cover3d.engine import fixed_pairs
 from cover3d.metrics import cycle_consistent_field, endpoint_error, global_ncc
+from cover3d.networks.weights import read_state_dict
 from cover3d.protocols.bundle_runs import parse_assignments
 from cover3d.transforms import affine_align
 
@@ -51,7 +52,7 @@ def main() -> None:
     config.read_config(str(BUNDLE / "train.json"))
     config.update({"dataset_dir": args.dataset_dir, "datalist": args.datalist, **parse_assignments(args.set)})
     network = config.get_parsed_content("network")
-    network.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    network.load_state_dict(read_state_dict(args.weights))
     volumes = config.get_parsed_content("validate#volumes")
     pairs = fixed_pairs(volumes, config.get_parsed_content("pair_transform"), args.pairs, seed=2024)
     synthetic = {}

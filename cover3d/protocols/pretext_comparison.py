@@ -52,6 +52,7 @@ from monai.utils import set_determinism
 from cover3d.data import load_datalist
 from cover3d.engine import feature_health, field_accuracy, fixed_pairs, write_json_atomic
 from cover3d.losses import gather_voxels, sample_voxel_indices
+from cover3d.networks.weights import read_state_dict
 from cover3d.protocols.bundle_runs import bundle_folder, parse_assignments, run_bundle, write_csv
 from cover3d.protocols.feature_probe import main as feature_probe
 from cover3d.protocols.label_efficiency import finished_runs, paired_statistics
@@ -104,7 +105,7 @@ def field_and_feature_health(
     set_determinism(seed=0)
     network = parser.get_parsed_content("network")
     if weights is not None:
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        network.load_state_dict(read_state_dict(weights))
     pairs = fixed_pairs(parser.get_parsed_content("validate#volumes"), parser.get_parsed_content("pair_transform"),
                         num_pairs, seed=seed)  # fmt: skip
     result = field_accuracy(network, pairs)
@@ -357,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             config.update(settings)
             row.update(field_and_feature_health(config, weights, args.pairs, seed=2024))
             network = config.get_parsed_content("network")
-            network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            network.load_state_dict(read_state_dict(weights))
             row.update({f"cosine_{k}": v for k, v in label_cosines(network.backbone.eval(), volumes).items()})
             row.update({"overlays": list(overlays), "overrides": overrides, "teacher": teacher})
         if "probe" in args.stages:
