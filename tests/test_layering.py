@@ -69,3 +69,20 @@ def test_the_import_parser_sees_every_form_of_import():
         "cover3d.engine.trainer", "cover3d.engine.RunLock", "cover3d.data.readers.load",
         "cover3d.protocols.label_efficiency", "label_efficiency"}
     assert "cover3d.engine.RunLock" in imported_modules(PACKAGE / "protocols" / "label_efficiency.py")
+
+
+def torch_load_calls(source: str) -> int:
+    """Number of ``torch.load(...)`` calls in ``source``."""
+    return sum(isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+               and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+               for node in ast.walk(ast.parse(source)))  # fmt: skip
+
+
+def test_every_weights_file_is_read_by_the_one_safe_loader():
+    """``cover3d.networks.weights.load_weights_only`` is the one place that calls ``torch.load``: its refusal of
+    files holding pickled objects (one line naming the global) then covers the package and the benchmarks."""
+    loader = PACKAGE / "networks" / "weights.py"
+    files = [p for p in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").rglob("*.py")] if p != loader]
+    assert {str(p.relative_to(PACKAGE.parent)) for p in files if torch_load_calls(p.read_text())} == set()
+    assert torch_load_calls(loader.read_text()) == 1
+    assert torch_load_calls("import torch\nstate = torch.load(path, weights_only=True)\n") == 1
