@@ -34,7 +34,8 @@ def launch(tmp_path: Path, name: str, processes: int, stop_at: int = 0, **settin
     tmp_path.mkdir(parents=True, exist_ok=True)
     command = [*launcher, str(WORKER), str(out), json.dumps(configs), json.dumps(overrides), str(stop_at)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    # no time limit: a rank stuck in a collective is ended by gloo's own timeout (init_process_group's 30 min default)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     records = [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
     return result, records
 

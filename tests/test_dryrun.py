@@ -34,7 +34,7 @@ def test_dry_run_figures_match_what_the_trainer_logs_and_the_memory_estimate_is_
         [sys.executable, "-m", "cover3d.dryrun", "--config_file", MRI, "--datalist", two_mri_volumes,
          "--dryrun_volumes", "2", "--dryrun_pairs", "2", "--dryrun_steps", "2", "--dryrun_output", str(output),
          "--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
+        capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
@@ -90,7 +90,7 @@ def test_cli_warns_about_too_small_a_reach_and_a_patch_bigger_than_the_volume(tw
     result = subprocess.run(
         [sys.executable, "-m", "cover3d.dryrun", "--config_file", MRI, "--datalist", two_mri_volumes,
          "--dryrun_volumes", "2", "--dryrun_steps", "0", *overrides],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING:")]

@@ -36,7 +36,7 @@ def tiny_weights(folder: Path) -> str:
 def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(name), *NET,
                "--pixdim", f"[{PIXDIM},{PIXDIM},{PIXDIM}]", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
 def itk_resampled(moving: Path, field: Path) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     ]
 
     def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*command, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        return subprocess.run([*command, *extra], cwd=tmp_path, capture_output=True, text=True)
 
     first = run("scratch")  # one invocation per mode (one per core), both filling the same protocol
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]

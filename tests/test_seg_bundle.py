@@ -66,7 +66,7 @@ def copy_bundle(destination: Path) -> Path:
 def run_bundle(config: Path, cwd: Path, *overrides: str) -> str:
     """``python -m monai.bundle run`` as a user runs it; returns stdout+stderr, fails the test on a non-zero exit."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *overrides]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -169,7 +169,7 @@ def test_verify_and_torchscript_export_by_trace(tmp_path):
               str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]  # fmt: skip
     for command in (["verify_net_in_out", "network_def", *common], export):
         result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=600)  # fmt: skip
+                                text=True)  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     for shape in ((1, 1, 48, 48, 32), (1, 1, 32, 64, 16)):
@@ -250,7 +250,7 @@ def test_inference_on_one_volume_logs_what_it_loads_and_writes_and_never_overwri
 
     before = written.stat().st_mtime_ns
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "inference.json"), *args]
-    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert refused.returncode != 0
     assert (refused.stdout + refused.stderr).strip().splitlines()[-1] == (
         f"output {written} already exists: pass --overwrite True to replace it, or another --output_dir"
@@ -270,7 +270,7 @@ def test_bad_input_fails_before_training(tmp_path):
     bundle = copy_bundle(tmp_path / "bundles")
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json"),
                "--dataset_dir", str(data), "--datalist", str(data / "datalist.json"), *TINY]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode != 0
     assert str(bad) in result.stdout + result.stderr and "spatial shape" in result.stdout + result.stderr
     assert not (bundle / "models").exists()

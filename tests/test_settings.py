@@ -144,7 +144,7 @@ def test_the_bundle_command_ends_with_the_settings_line(setting, value, tmp_path
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides, f"--{setting}", typed]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("COVER3D_TRACEBACK", None)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=1800)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and lines, result.stderr[-3000:]
     shown = value if isinstance(value, str) else list(value)
