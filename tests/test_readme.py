@@ -73,7 +73,7 @@ def test_settings_reference_shows_each_checked_settings_rule():
     checked = set()
     for config in (REPO / "bundles").glob("*/*.json"):
         keys = json.loads(config.read_text())
-        checked |= {k for k in keys.get("checked_settings", {}) if not k.startswith("_")}
-        checked |= {k.split("#")[1] for k in keys if k.startswith("checked_settings#")}
+        checked |= {k for key in ("checked_settings", "+checked_settings") for k in keys.get(key, {})
+                    if not k.startswith("_")}
     mentioned = set(re.findall(r"`([a-z_]+)`", reference))
     assert checked and checked <= mentioned, sorted(checked - mentioned)

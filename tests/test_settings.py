@@ -165,7 +165,9 @@ def test_every_bundle_setting_checked_has_a_rule_and_the_defaults_pass(tmp_path)
         checked = parser.get("checked_settings")
         assert checked["_target_"] == "cover3d.engine.check_settings"
         assert {k for k in checked if not k.startswith("_")} <= set(SETTING_RULES)
-        assert parser.get("initialize")[0] == "@checked_settings"
+        steps = parser.get("initialize")
+        assert steps[0] == "@checked_settings" or steps[:2] == [f"$require_base_config('{Path(files[-1]).name}')",
+                                                               "@checked_settings"]
         parser.get_parsed_content("checked_settings")
 
 
@@ -228,8 +230,8 @@ def test_bundle_readme_lists_every_checked_setting_with_its_rule(name):
     checked = set()
     for kind in ("train", "evaluate", "inference"):
         config = json.loads((REPO / "bundles" / name / f"{kind}.json").read_text())
-        checked |= {k for k in config.get("checked_settings", {}) if not k.startswith("_")}
-        checked |= {k.split("#")[1] for k in config if k.startswith("checked_settings#")}
+        checked |= {k for key in ("checked_settings", "+checked_settings") for k in config.get(key, {})
+                    if not k.startswith("_")}
     readme = (REPO / "bundles" / name / "README.md").read_text().split("## Settings\n", 1)[1]
     documented = {}
     for row in readme.split("\n\n", 2)[1].splitlines()[2:]:
@@ -237,3 +239,29 @@ def test_bundle_readme_lists_every_checked_setting_with_its_rule(name):
         documented.update({s.strip(" `"): allowed.strip() for s in settings.split(",")})
     assert set(documented) == checked
     assert {s: SETTING_RULES[s].allowed for s in checked} == documented
+
+
+@pytest.mark.parametrize("overlay", ["bundles/cover_mri/inference.json", "bundles/cover_ct/evaluate.json"])
+def test_an_overlay_run_alone_ends_with_the_command_that_works(overlay):
+    """evaluate.json / inference.json of the pretraining bundles complete train.json: run alone, MONAI used to fail
+    with "@seed is not defined" under a long traceback; now the last line gives the two-file command."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("COVER3D_TRACEBACK", None)
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", overlay], cwd=REPO,
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    folder = Path(overlay).parent
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[-1].endswith(f"run --config_file \"['{folder}/train.json','{overlay}']\""), lines[-1]
+
+
+def test_the_overlay_guard_reads_the_command_line():
+    from cover3d.engine.bundle import require_base_config
+    from cover3d.errors import InputValueError
+
+    require_base_config("inference.json", argv=["run", "--config_file", "['b/train.json','b/inference.json']"])
+    require_base_config("inference.json", argv=["pytest", "-q"])  # no config files on the command line: silent
+    with pytest.raises(InputValueError, match="b/inference.json completes b/train.json"):
+        require_base_config("inference.json", argv=["run", "--config_file=b/inference.json"])
+    with pytest.raises(InputValueError):  # listed after the overlay, train.json would override it
+        require_base_config("inference.json", argv=["run", "--config_file", "['b/inference.json','b/train.json']"])
