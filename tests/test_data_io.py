@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import logging
 import os
 from pathlib import Path
@@ -58,7 +59,16 @@ def oblique() -> sitk.Image:
 
 
 def write_dicom_series(image: sitk.Image, folder: Path) -> Path:
-    """Write a 3D image as one DICOM file per slice with the geometry tags a series reader needs."""
+    """Write a 3D image as one DICOM file per slice with the geometry tags a series reader needs. GDCM's writer sets
+    the process locale to "C" (Python's text I/O then defaults to ASCII for every later test): it is restored."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_slices(image, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(image: sitk.Image, folder: Path) -> Path:
     folder.mkdir(parents=True)
     d = image.GetDirection()
     uid = "1.2.826.0.1.3680043.2.1125.7"

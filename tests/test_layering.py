@@ -20,7 +20,7 @@ def modules(*names: str) -> list[Path]:
 
 def imported_modules(path: Path) -> set[str]:
     """Every module the cover3d module ``path`` imports, anywhere in the file."""
-    return imports_of(path.read_text(), ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]))
+    return imports_of(path.read_text(encoding="utf-8"), ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]))
 
 
 def imports_of(source: str, package: str) -> set[str]:
@@ -52,7 +52,7 @@ def test_the_package_never_imports_benchmarks():
         for path in modules()
     }
     assert {k: v for k, v in offending.items() if v} == {}
-    assert not [p for p in modules() if "benchmarks" in p.read_text() and "sys.path" in p.read_text()]
+    assert not [p for p in modules() if "benchmarks" in p.read_text(encoding="utf-8") and "sys.path" in p.read_text(encoding="utf-8")]
 
 
 def test_the_import_parser_sees_every_form_of_import():
@@ -83,6 +83,6 @@ def test_every_weights_file_is_read_by_the_one_safe_loader():
     files holding pickled objects (one line naming the global) then covers the package and the benchmarks."""
     loader = PACKAGE / "networks" / "weights.py"
     files = [p for p in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").rglob("*.py")] if p != loader]
-    assert {str(p.relative_to(PACKAGE.parent)) for p in files if torch_load_calls(p.read_text())} == set()
-    assert torch_load_calls(loader.read_text()) == 1
+    assert {str(p.relative_to(PACKAGE.parent)) for p in files if torch_load_calls(p.read_text(encoding="utf-8"))} == set()
+    assert torch_load_calls(loader.read_text(encoding="utf-8")) == 1
     assert torch_load_calls("import torch\nstate = torch.load(path, weights_only=True)\n") == 1
