@@ -7,6 +7,11 @@ EPE of the saved weights vs the zero field, into ``benchmarks/results/bundle_def
 table is generated from it by ``benchmarks/readme_tables.py``)::
 
     python benchmarks/bundle_defaults.py              # about 15-20 minutes on 2 idle cores
+
+and the nnU-Net backbone at the same defaults (``benchmarks/results/bundle_defaults_nnunet.json``)::
+
+    python benchmarks/bundle_defaults.py --bundles cover_mri --overlays backbone_nnunet.json \
+        --output benchmarks/results/bundle_defaults_nnunet.json
 """
 
 from __future__ import annotations
@@ -37,21 +42,24 @@ def run_measured(command: list[str], log_file: Path) -> tuple[float, float]:
     return time.monotonic() - start, usage.ru_maxrss / 1024**2
 
 
-def run_default(bundle: str) -> dict:
-    """Train ``bundle`` with its defaults, then evaluate the weights; return the measurements."""
+def run_default(bundle: str, overlays: list[str] = ()) -> dict:
+    """Train ``bundle`` with its defaults (and ``overlays``, config files of the bundle such as
+    ``backbone_nnunet.json``), then evaluate the weights; return the measurements."""
     config = REPO / "bundles" / bundle
+    training = [str(config / name) for name in ("train.json", *overlays)]
     with tempfile.TemporaryDirectory() as folder:
         outputs = ["--ckpt_dir", f"{folder}/models", "--output_dir", f"{folder}/runs"]
-        seconds, peak_gib = run_measured([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config / "train.json"), *outputs],
+        seconds, peak_gib = run_measured([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(training), *outputs],
                                          Path(folder) / "train.log")  # fmt: skip
         log = (Path(folder) / "train.log").read_text()
         report = Path(folder) / "eval.json"
-        configs = f"['{config / 'train.json'}','{config / 'evaluate.json'}']"
+        configs = str([*training, str(config / "evaluate.json")])
         run_measured([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, *outputs, "--eval_file", str(report)],
                      Path(folder) / "eval.log")  # fmt: skip
         evaluation = json.loads(report.read_text())
     return {
         "bundle": bundle,
+        "overlays": list(overlays),
         "wall_seconds": round(seconds, 1),
         "peak_rss_gib": round(peak_gib, 2),
         "threads": int(re.search(r"using (\d+) CPU thread", log).group(1)),
@@ -66,11 +74,13 @@ def run_default(bundle: str) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="+", default=["cover_ct", "cover_mri"])
+    parser.add_argument("--overlays", nargs="*", default=[],
+                        help="config files of the bundle layered on train.json, e.g. backbone_nnunet.json")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "bundle_defaults.json"))
     args = parser.parse_args(argv)
     results = []
     for bundle in args.bundles:
-        results.append(run_default(bundle))
+        results.append(run_default(bundle, args.overlays))
         r = results[-1]
         print(f"{bundle}: {r['wall_seconds'] / 60:.1f} min, {r['threads']} thread(s), evaluation EPE {r['eval_epe']:.2f} "
               f"vs zero field {r['eval_epe_identity']:.2f} voxels", flush=True)
