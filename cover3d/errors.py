@@ -9,12 +9,15 @@ with ``COVER3D_TRACEBACK=1`` in the environment, gets Python's usual traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 from types import TracebackType
 
 __all__ = [
     "TRACEBACK_ENV",
+    "read_json_object",
     "InputError",
     "InputFileNotFoundError",
     "InputValueError",
@@ -75,3 +78,18 @@ def install_excepthook() -> None:
 
     hook._cover3d = True
     sys.excepthook = hook
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object (dict) stored in ``path``, a file the user named as ``what`` (e.g. "datalist"); one-line
+    :class:`InputFileNotFoundError` when it is missing, :class:`InputValueError` when it is not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFoundError(f"{what} not found: {path}")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputValueError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(content, dict):
+        raise InputValueError(f"{what} {path} is not a JSON object (found a {type(content).__name__})")
+    return content

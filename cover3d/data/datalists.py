@@ -17,7 +17,7 @@ from monai.data import load_decathlon_datalist
 from monai.utils import ensure_tuple
 
 from cover3d.data.readers import VOLUME_SUFFIXES, volume_suffix
-from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.errors import InputFileNotFoundError, InputValueError, read_json_object
 
 __all__ = ["find_volumes", "inference_datalist", "load_datalist", "make_datalist"]
 
@@ -139,15 +139,9 @@ def load_datalist(
         ValueError: the file is not a JSON object, or ``key`` is missing, not a list or empty.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileNotFoundError(f"datalist file not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputValueError(f"datalist {path} is not valid JSON: {e}") from e
-    if not isinstance(content, dict) or key not in content:
-        found = ", ".join(map(repr, content)) if isinstance(content, dict) else type(content).__name__
-        raise InputValueError(f"datalist {path} has no '{key}' list (found: {found})")
+    content = read_json_object(path, "datalist file")
+    if key not in content:
+        raise InputValueError(f"datalist {path} has no '{key}' list (found: {', '.join(map(repr, content))})")
     if not isinstance(content[key], list) or not content[key]:
         raise InputValueError(f"datalist {path}: '{key}' must be a non-empty list of entries, got {content[key]!r}")
     entries = [

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.errors import InputFileNotFoundError, InputValueError, read_json_object
 from cover3d.networks.weights import pretraining_metadata, read_state_dict
 
 __all__ = ["check_checkpoint_matches_plans", "export_nnunet", "nnunet_checkpoint", "nnunet_plans"]
@@ -28,19 +28,6 @@ __all__ = ["check_checkpoint_matches_plans", "export_nnunet", "nnunet_checkpoint
 NNUNET_EXTRA_HINT = 'pip install "cover3d[nnunet]"'
 # nnU-Net 2.8.1 image readers whose arrays and spacing are the file's axes reversed (z, y, x), nibabel's included
 READERS_ZYX = ("SimpleITKIO", "SimpleITKIOWithReorient", "NibabelIO", "NibabelIOWithReorient")
-
-
-def _read_json(path: str | Path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileNotFoundError(f"{what} not found: {path}")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputValueError(f"{what} {path} is not valid JSON: {e}") from None
-    if not isinstance(content, dict):
-        raise InputValueError(f"{what} {path} is not a JSON object")
-    return content
 
 
 def _to_nnunet_axes(values: Sequence[float], plans: Mapping, name: str) -> list:
@@ -212,11 +199,11 @@ def export_nnunet(
     Returns:
         (plans file, checkpoint file).
     """
-    metadata_blocks = _read_json(metadata, "metadata") if metadata else pretraining_metadata(weights)
+    metadata_blocks = read_json_object(metadata, "metadata") if metadata else pretraining_metadata(weights)
     if not metadata_blocks:
         raise InputFileNotFoundError(f"no bundle metadata.json next to {weights} (nor one folder up): pass --metadata")
-    base_plans = _read_json(plans, "nnU-Net plans")
-    dataset = _read_json(dataset_json or Path(plans).parent / "dataset.json", "dataset.json")
+    base_plans = read_json_object(plans, "nnU-Net plans")
+    dataset = read_json_object(dataset_json or Path(plans).parent / "dataset.json", "dataset.json")
     new_plans = nnunet_plans(base_plans, dataset, metadata_blocks, plans_name, configuration, patch_size)
     prefix = metadata_blocks.get("pretraining", {}).get("backbone_key_prefix", "backbone.")
     checkpoint = nnunet_checkpoint(read_state_dict(weights), prefix)

@@ -25,7 +25,7 @@ from monai.networks.nets import BasicUNet
 from monai.networks.utils import copy_model_state
 from torch import nn
 
-from cover3d.errors import InputFileNotFoundError, InputValueError
+from cover3d.errors import InputFileNotFoundError, InputValueError, read_json_object
 from cover3d.networks.nets.backbone import UNetBackbone
 from cover3d.networks.pretraining_checks import backbone_widths, layout_differences, preprocessing_differences
 
@@ -250,12 +250,7 @@ def pretraining_metadata(weights: str | os.PathLike) -> dict | None:
     for candidate in (folder / "metadata.json", folder.parent / "metadata.json"):
         if not candidate.is_file():
             continue
-        try:
-            content = json.loads(candidate.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputValueError(f"bundle metadata {candidate} is not valid JSON: {e}") from e
-        if not isinstance(content, dict):
-            raise InputValueError(f"bundle metadata {candidate} is not a JSON object")
+        content = read_json_object(candidate, "bundle metadata")
         blocks = {key: content[key] for key in METADATA_KEYS if key in content}
         if blocks:
             return blocks
