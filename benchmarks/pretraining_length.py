@@ -38,6 +38,7 @@ from cover3d.engine import list_checkpoints, save_atomic, write_json_atomic
 from cover3d.networks.weights import read_state_dict
 from cover3d.protocols.bundle_runs import write_csv
 from cover3d.protocols.pretext_comparison import field_and_feature_health, finetune_stage, probe_stage
+from training_curve import main as training_curve  # benchmarks/training_curve.py, this script's sibling
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "benchmarks" / "results" / "pretraining_length"
@@ -150,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     folder = Path(args.folder)
     if "keep" in args.stages and (kept := keep_for_resume(folder)) is not None:
         print(f"kept {kept} for the next session's resume")
+        training_curve(["--run-dir", str(folder / "resume" / "runs"), "--output", str(folder / "training_curve")])
     exported = export_snapshots(folder) if "snapshots" in args.stages else []
     snapshots = args.snapshots or exported
     protocol = argparse.Namespace(dataset_dir=args.la_dir, pool=str(REPO / "data_lists" / "la_mri_2018_pool.json"),
