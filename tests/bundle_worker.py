@@ -2,7 +2,8 @@
 
 ``python tests/bundle_worker.py OUT CONFIGS_JSON OVERRIDES_JSON [STOP_AT]`` (alone or under ``torchrun``) parses the
 config files with the overrides, runs ``initialize``, the trainer and ``finalize``, and writes ``OUT/rank<r>.pt``:
-final parameters, the gradients of the first iteration, and the learning rate and loss of every iteration. With ``STOP_AT`` it raises after that iteration (a crash).
+final parameters, the gradients of the first iteration, and the learning rate, loss and first view
+(``batch["image"]``, what the rank drew) of every iteration. With ``STOP_AT`` it raises after that iteration (a crash).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ def main(out: str, configs: str, overrides: str, stop_at: str = "0") -> None:
     parser.get_parsed_content("initialize")
     trainer = parser.get_parsed_content("train#trainer")
     network = parser.get_parsed_content("network")
-    record = {"lr": [], "loss": [], "first_gradients": None}
+    record = {"lr": [], "loss": [], "images": [], "first_gradients": None}
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def keep(engine):
         record["lr"].append(engine.state.output["lr"])
         record["loss"].append(float(engine.state.output["loss"]))
+        record["images"].append(torch.as_tensor(engine.state.batch["image"]).detach().clone())
         if record["first_gradients"] is None:
             record["first_gradients"] = torch.cat([p.grad.flatten() for p in network.parameters() if p.grad is not None])
         if engine.state.iteration == int(stop_at):
