@@ -141,6 +141,12 @@ def stored_table(name: str) -> str:
     return markdown_table(result["headers"], result["rows"])
 
 
+def store_scaling() -> str:
+    """``store_scaling/store_scaling.json`` (benchmarks/store_scaling.py): in-RAM cache vs store, by N."""
+    result = json.loads((RESULTS / "store_scaling" / "store_scaling.json").read_text())
+    return markdown_table(result["headers"], result["rows"])
+
+
 def classical_registration(bundle: str) -> str:
     """``classical_registration_<bundle>.csv`` (benchmarks/classical_registration.py): means over its pairs."""
     from classical_registration import summary_table
@@ -168,7 +174,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "label_efficiency_acdc_2400its": partial(label_efficiency, "label_efficiency_acdc_2400its",
                                              class_names=("RV", "MYO", "LV")),
     "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
-    "feature_probe": feature_probe_table,
+    "feature_probe": feature_probe_table, "store_scaling": store_scaling,
     "pretext_comparison": partial(pretext_comparison_table, "pretext_comparison"),
     "pretext_head_to_head": partial(pretext_head_to_head, "pretext_comparison"),
     "pretext_comparison_long": partial(pretext_comparison_table, "pretext_comparison_long"),

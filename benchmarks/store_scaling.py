@@ -1,0 +1,466 @@
+"""Does pretraining stay flat as the dataset grows? The in-RAM cache (``CacheDataset``) against the on-disk store
+(``python -m cover3d.prepare`` + ``--store DIR``) at N = 20, 200 and 2,000 volumes (issue 26).
+
+Volumes: derived from the shared research volumes (``../shared/data``: ``mri_samples``, ``la_mri_2018`` and
+``ct_samples``), never committed: volume ``i`` (seeded by ``i``) takes one of the collections at random, then one of
+its images, then a random crop of 75-100 % of each axis (never below ``MIN_EXTENT_MM``, so every volume covers the
+96^3 patch at 1.5 mm as far as the preflight check demands; images thinner than that on an axis are not used: all
+of ``la_mri_2018``, 55 mm deep, and 3 of the 19 others), a random flip of each axis and a random intensity change
+(gamma 0.8-1.25 on the volume's own [min, max] range, then a linear scale 0.8-1.25 and a shift of +-5 % of the
+range), written as int16 NIfTI (gzip) into ``SCRATCH/volumes``. ``SCRATCH/datalists/n<N>.json`` lists the first N
+for training and volume 2,000 (in no training list) for validation.
+
+Setting: ``bundles/cover_mri/train.json`` at 1.5 mm voxels, 96^3 patches from 144^3 contexts, a tiny network
+(channels 4-16: the measured time is the data's, not the network's), batch 1, one torch thread.
+
+Stages (each cell's result is kept in ``results/store_scaling/cells.json`` as soon as it is measured, and a rerun
+skips finished cells, so the script resumes):
+
+- ``generate``: the volumes and datalists (existing files are kept);
+- ``prepare``: ``python -m cover3d.prepare --workers 1`` and ``--workers 2`` side by side (wall time per volume) at
+  each N <= ``--prepare-compare`` into throw-away stores, then the store of every N with 2 workers (kept in
+  ``SCRATCH/stores``, also timed);
+- ``startup``: ``python -m monai.bundle run`` for 3 iterations, in-RAM cache then store at each N, back to back:
+  seconds from the command's start to the first iteration's log line, and the peak RSS of the rank (its process plus
+  its DataLoader workers, summed, sampled every 0.1 s; shared pages count once per process, so this is an upper
+  bound) and of its main process alone;
+- ``pairs``: pairs per second of one process (= one DataLoader worker) drawing ``train#dataset`` items, cache and
+  store interleaved (``--reps`` rounds of ``--pairs`` pairs after one warm-up pair; medians; ratio per round);
+- ``report``: ``store_scaling.csv`` / ``.json`` (the table docs/performance.md shows) and ``store_scaling.png``
+  (needs matplotlib).
+
+Machine load (1-minute load average, and the processes running at nice 19) is recorded with every cell. Run from
+the repository root, one heavy process at a time::
+
+    nice -n 5 python benchmarks/store_scaling.py --scratch /work/scaling_data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import MiB, shared_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "store_scaling"
+CONFIG = "bundles/cover_mri/train.json"
+SOURCES = {"mri_samples": "images", "la_mri_2018": "imagesTr", "ct_samples": "images"}
+VALIDATION_INDEX = 2000
+MIN_EXTENT_MM = 72.0  # 48 voxels at 1.5 mm: the preflight check wants half the 96^3 patch on every axis
+SETTING = {"pixdim": [1.5, 1.5, 1.5], "patch_size": [96, 96, 96], "context_size": [144, 144, 144],
+           "channels": [4, 8, 8, 16, 16], "groups": [2, 2, 2, 1, 1], "batch_size": 1, "num_threads": 1}  # fmt: skip
+RUN = {"epochs": 1, "iterations_per_epoch": 3, "validation_pairs": 1, "warmup_iterations": 1, "log_interval": 1}
+FIRST_ITERATION = re.compile(r"Epoch: 1/\d+, Iter: 1/\d+")
+STAGES = ("generate", "prepare", "startup", "pairs", "report")
+
+
+# ---- machine load --------------------------------------------------------------------------------------------------
+def machine_load() -> dict:
+    """1-minute load average and the command lines of other processes using CPU at nice 19 (a background run)."""
+    background = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[16]) == 19 and fields[0] == "R":
+                background.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:80])
+        except (OSError, IndexError, ValueError):
+            continue
+    return {"load_1min": round(os.getloadavg()[0], 2), "running_at_nice_19": background, "time": time.strftime("%H:%M:%S")}
+
+
+# ---- generate ------------------------------------------------------------------------------------------------------
+def source_images() -> dict[str, list[Path]]:
+    """The shared images at least ``MIN_EXTENT_MM`` on every axis, by collection (collections with none left out)."""
+    import nibabel as nib
+
+    root = shared_data()
+    if not all((root / name / folder).is_dir() for name, folder in SOURCES.items()):
+        raise SystemExit(f"the derived volumes need the shared volumes: {root}/{list(SOURCES)} not found")
+    found = {}
+    for name, folder in SOURCES.items():
+        header = {p: nib.load(str(p)).header for p in sorted((root / name / folder).glob("*.nii.gz"))}
+        usable = [p for p, h in header.items() if min(n * z for n, z in zip(h.get_data_shape(), h.get_zooms())) >= MIN_EXTENT_MM]
+        if usable:
+            found[name] = usable
+    return found
+
+
+def derive(index: int, sources: dict[str, list[Path]], load: Callable[[Path], tuple[np.ndarray, np.ndarray]]):
+    """Volume ``index``: (int16 array, affine) derived as the module docstring says."""
+    import nibabel as nib
+
+    rng = np.random.default_rng([2026, index])
+    collection = list(sources)[rng.integers(len(sources))]
+    data, affine = load(sources[collection][rng.integers(len(sources[collection]))])
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    size = [min(n, max(int(np.ceil(MIN_EXTENT_MM / z)), int(round(n * rng.uniform(0.75, 1.0))))) for n, z in zip(data.shape, spacing)]
+    start = [int(rng.integers(0, n - s + 1)) for n, s in zip(data.shape, size)]
+    crop = data[tuple(slice(a, a + s) for a, s in zip(start, size))].astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    affine = affine @ shift
+    for axis in range(3):
+        if rng.random() < 0.5:
+            crop = np.flip(crop, axis)
+            flip = np.eye(4)
+            flip[axis, axis], flip[axis, 3] = -1, crop.shape[axis] - 1
+            affine = affine @ flip
+    low, high = float(crop.min()), float(crop.max())
+    span = max(high - low, 1e-6)
+    crop = low + span * ((crop - low) / span) ** rng.uniform(0.8, 1.25)
+    crop = crop * rng.uniform(0.8, 1.25) + rng.uniform(-0.05, 0.05) * span
+    image = np.clip(np.round(crop), -32768, 32767).astype(np.int16)
+    return nib.Nifti1Image(np.ascontiguousarray(image), affine)
+
+
+def generate(scratch: Path, count: int, sizes: Sequence[int]) -> None:
+    import nibabel as nib
+
+    volumes, lists = scratch / "volumes", scratch / "datalists"
+    volumes.mkdir(parents=True, exist_ok=True)
+    lists.mkdir(exist_ok=True)
+    sources, loaded = source_images(), {}
+
+    def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if path not in loaded:
+            image = nib.load(str(path))
+            loaded[path] = (np.asarray(image.dataobj), image.affine)
+        return loaded[path]
+
+    start = time.perf_counter()
+    for index in [*range(count), VALIDATION_INDEX]:
+        path = volumes / f"derived_{index:05d}.nii.gz"
+        if not path.exists():
+            partial = path.with_name(f".{path.name}")
+            nib.save(derive(index, sources, load), str(partial))
+            partial.rename(path)
+        if index % 200 == 0:
+            print(f"generate: volume {index} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for n in sizes:
+        names = [f"derived_{i:05d}.nii.gz" for i in range(n)]
+        datalist = {"training": [{"image": f} for f in names],
+                    "validation": [{"image": f"derived_{VALIDATION_INDEX:05d}.nii.gz"}]}  # fmt: skip
+        (lists / f"n{n}.json").write_text(json.dumps(datalist, indent=1))
+
+
+# ---- cells ---------------------------------------------------------------------------------------------------------
+def read_cells() -> dict:
+    path = RESULTS / "cells.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def keep_cell(name: str, result: dict) -> None:
+    cells = read_cells()
+    cells[name] = {**result, "load": machine_load()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    partial = RESULTS / ".cells.json"
+    partial.write_text(json.dumps(cells, indent=1) + "\n")
+    partial.replace(RESULTS / "cells.json")
+    print(f"{name}: {cells[name]}", flush=True)
+
+
+def cli_settings(settings: dict) -> list[str]:
+    return [word for key, value in settings.items() for word in (f"--{key}", json.dumps(value).replace(" ", ""))]
+
+
+def data_settings(scratch: Path, n: int) -> dict:
+    return {"dataset_dir": str(scratch / "volumes"), "datalist": str(scratch / "datalists" / f"n{n}.json"), **SETTING}
+
+
+def environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+# ---- prepare -------------------------------------------------------------------------------------------------------
+def prepare(scratch: Path, n: int, workers: int, store: Path) -> dict:
+    """Run ``python -m cover3d.prepare`` into a new ``store``: wall seconds, per volume."""
+    shutil.rmtree(store, ignore_errors=True)
+    command = [sys.executable, "-m", "cover3d.prepare", "--config_file", CONFIG, "--store", str(store),
+               "--workers", str(workers), *cli_settings(data_settings(scratch, n))]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"prepare failed: {(result.stdout + result.stderr)[-3000:]}")
+    size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    return {"n": n, "workers": workers, "seconds": seconds, "seconds_per_volume": seconds / n, "store_bytes": size}
+
+
+def prepare_stage(scratch: Path, sizes: Sequence[int], compare: int) -> None:
+    for n in sizes:
+        if n <= compare and not all(f"prepare_n{n}_w{w}" in read_cells() for w in (1, 2)):
+            for workers in (1, 2):  # side by side
+                keep_cell(f"prepare_n{n}_w{workers}", prepare(scratch, n, workers, scratch / "stores" / f"compare_w{workers}"))
+            for workers in (1, 2):
+                shutil.rmtree(scratch / "stores" / f"compare_w{workers}", ignore_errors=True)
+        store = scratch / "stores" / f"n{n}"
+        if f"store_n{n}" not in read_cells() or not (store / "manifest.json").exists():
+            keep_cell(f"store_n{n}", prepare(scratch, n, 2, store))
+
+
+# ---- start-up and memory -------------------------------------------------------------------------------------------
+def tree_rss(pid: int) -> tuple[int, int]:
+    """(RSS of ``pid`` and all its descendants summed, RSS of ``pid`` alone), bytes, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        p = int(status.parent.name)
+        children.setdefault(int(fields["PPid"]), []).append(p)
+        rss[p] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack += children.get(p, [])
+    return total, rss.get(pid, 0)
+
+
+def startup(scratch: Path, n: int, store: Path | None) -> dict:
+    """``monai.bundle run`` for 3 iterations: seconds to the first iteration's log line, peak RSS."""
+    run = scratch / "runs" / f"{'store' if store else 'cache'}_n{n}"
+    shutil.rmtree(run, ignore_errors=True)
+    settings = {**data_settings(scratch, n), **RUN, "ckpt_dir": str(run / "models"), "output_dir": str(run / "runs")}
+    if store is not None:
+        settings["store"] = str(store)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIG, *cli_settings(settings)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+    peaks = {"rank": 0, "main": 0}
+    first: list[float] = []
+    lines: list[str] = []
+
+    def sample() -> None:
+        while process.poll() is None:
+            rank, main = tree_rss(process.pid)
+            peaks["rank"], peaks["main"] = max(peaks["rank"], rank), max(peaks["main"], main)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in process.stdout:
+        lines.append(line)
+        if not first and FIRST_ITERATION.search(line):
+            first.append(time.perf_counter() - start)
+    process.wait()
+    sampler.join()
+    if process.returncode != 0 or not first:
+        raise RuntimeError(f"run failed: {''.join(lines)[-3000:]}")
+    return {"n": n, "source": "store" if store else "cache", "seconds_to_first_iteration": first[0],
+            "peak_rss_rank_bytes": peaks["rank"], "peak_rss_main_bytes": peaks["main"],
+            "seconds_total": time.perf_counter() - start}  # fmt: skip
+
+
+def startup_stage(scratch: Path, sizes: Sequence[int], cache_sizes: Sequence[int], sources: Sequence[str]) -> None:
+    for n in sizes:
+        for source in sources:
+            name = f"startup_{source}_n{n}"
+            if name in read_cells() or (source == "cache" and n not in cache_sizes):
+                continue
+            keep_cell(name, startup(scratch, n, scratch / "stores" / f"n{n}" if source == "store" else None))
+
+
+# ---- pairs per worker ----------------------------------------------------------------------------------------------
+def pairs_child(case: dict) -> None:
+    """In this fresh process: draw ``case['pairs']`` items of ``train#dataset`` after one warm-up; print JSON."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    torch.set_num_threads(1)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / CONFIG))
+    parser.update(case["settings"])
+    dataset = parser.get_parsed_content("train#dataset")
+    dataset[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for position in range(1, 1 + case["pairs"]):
+        dataset[position]
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"pairs_per_s": case["pairs"] / wall, "pairs_per_cpu_s": case["pairs"] / cpu}), flush=True)
+
+
+def pairs(scratch: Path, n: int, source: str, count: int) -> dict:
+    settings = data_settings(scratch, n)
+    if source == "store":
+        settings["store"] = str(scratch / "stores" / f"n{n}")
+    case = json.dumps({"settings": settings, "pairs": count})
+    result = subprocess.run([sys.executable, __file__, "--child", case], cwd=REPO, env=environment(),
+                            capture_output=True, text=True)  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"pairs failed: {(result.stdout + result.stderr)[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def pairs_stage(scratch: Path, sizes: Sequence[int], cache_sizes: Sequence[int], reps: int, count: int) -> None:
+    for n in sizes:
+        sources = ("cache", "store") if n in cache_sizes else ("store",)
+        name = f"pairs_n{n}"
+        if name in read_cells():
+            continue
+        rounds = [{source: pairs(scratch, n, source, count) for source in sources} for _ in range(reps)]  # interleaved
+        keep_cell(name, {"n": n, "pairs_per_round": count, "rounds": rounds})
+
+
+# ---- report --------------------------------------------------------------------------------------------------------
+HEADERS = ["N", "start-up to iteration 1: cache", "store", "peak RSS per rank: cache", "store (main process)",
+           "pairs/s per worker: cache", "store", "store / cache", "prepare s/volume: 1 worker", "2 workers",
+           "speed-up", "store size"]  # fmt: skip
+
+
+def median(values: Sequence[float]) -> float:
+    return float(np.median(values))
+
+
+def extrapolated(cells: dict, key: str, n: int) -> float | None:
+    """``key`` of the in-RAM cache at ``n``, on the line through its two smallest measured N."""
+    measured = sorted((c["n"], c[key]) for name, c in cells.items() if name.startswith("startup_cache_"))
+    if len(measured) < 2:
+        return None
+    (n0, y0), (n1, y1) = measured[:2]
+    return y0 + (y1 - y0) * (n - n0) / (n1 - n0)
+
+
+def summary_rows(cells: dict, sizes: Sequence[int]) -> list[dict]:
+    """One record per N (missing cells: None); in-RAM figures not measured at N are linear extrapolations."""
+    rows = []
+    for n in sizes:
+        cache, store = cells.get(f"startup_cache_n{n}"), cells.get(f"startup_store_n{n}")
+        rounds = cells.get(f"pairs_n{n}", {}).get("rounds", [])
+        w1, w2 = cells.get(f"prepare_n{n}_w1"), cells.get(f"prepare_n{n}_w2")
+        row = {"n": n, "cache_measured": cache is not None}
+        for key in ("seconds_to_first_iteration", "peak_rss_rank_bytes"):
+            row[f"cache_{key}"] = cache[key] if cache else extrapolated(cells, key, n)
+            row[f"store_{key}"] = store[key] if store else None
+        row["store_peak_rss_main_bytes"] = store["peak_rss_main_bytes"] if store else None
+        for source in ("cache", "store"):
+            row[f"{source}_pairs_per_s"] = median([r[source]["pairs_per_s"] for r in rounds]) if rounds and source in rounds[0] else None
+            row[f"{source}_pairs_per_cpu_s"] = median([r[source]["pairs_per_cpu_s"] for r in rounds]) if rounds and source in rounds[0] else None
+        paired = [r for r in rounds if "cache" in r]
+        row["pairs_ratio_wall"] = median([r["store"]["pairs_per_s"] / r["cache"]["pairs_per_s"] for r in paired]) if paired else None
+        row["pairs_ratio_cpu"] = median([r["store"]["pairs_per_cpu_s"] / r["cache"]["pairs_per_cpu_s"] for r in paired]) if paired else None
+        row["prepare_w1_s_per_volume"] = w1["seconds_per_volume"] if w1 else None
+        row["prepare_w2_s_per_volume"] = w2["seconds_per_volume"] if w2 else None
+        row["prepare_speedup"] = w1["seconds"] / w2["seconds"] if w1 and w2 else None
+        kept = cells.get(f"store_n{n}")
+        row["store_bytes"] = kept["store_bytes"] if kept else None
+        row["store_prepare_s_per_volume"] = kept["seconds_per_volume"] if kept else None
+        rows.append(row)
+    return rows
+
+
+def table_rows(rows: Sequence[dict]) -> list[list[str]]:
+    def value(x: float | None, form: str, suffix: str = "") -> str:
+        return "-" if x is None else format(x, form) + suffix
+
+    out = []
+    for r in rows:
+        guess = "" if r["cache_measured"] else " (linear extrapolation)"
+        out.append([f"{r['n']:,}", value(r["cache_seconds_to_first_iteration"], ".0f", " s") + guess,
+                    value(r["store_seconds_to_first_iteration"], ".1f", " s"),
+                    value(r["cache_peak_rss_rank_bytes"] and r["cache_peak_rss_rank_bytes"] / MiB, ",.0f", " MiB") + guess,
+                    value(r["store_peak_rss_rank_bytes"] and r["store_peak_rss_rank_bytes"] / MiB, ",.0f", " MiB")
+                    + value(r["store_peak_rss_main_bytes"] and r["store_peak_rss_main_bytes"] / MiB, ",.0f", " MiB").join(" ()")
+                    if r["store_peak_rss_rank_bytes"] else "-",
+                    value(r["cache_pairs_per_s"], ".2f"), value(r["store_pairs_per_s"], ".2f"),
+                    value(r["pairs_ratio_wall"], ".2f", "x") + (value(r["pairs_ratio_cpu"], ".2f", "x CPU").join(" ()") if r["pairs_ratio_cpu"] else ""),
+                    value(r["prepare_w1_s_per_volume"], ".3f", " s"), value(r["prepare_w2_s_per_volume"] or r["store_prepare_s_per_volume"], ".3f", " s"),
+                    value(r["prepare_speedup"], ".2f", "x"), value(r["store_bytes"] and r["store_bytes"] / MiB, ",.0f", " MiB")])  # fmt: skip
+    return out
+
+
+def plot(rows: Sequence[dict], path: Path) -> None:
+    """Start-up and peak RSS per rank against N (log), in-RAM cache vs store; dashed: linear extrapolation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, label, scale in ((axes[0], "seconds_to_first_iteration", "seconds to iteration 1", 1),
+                                    (axes[1], "peak_rss_rank_bytes", "peak RSS per rank (MiB)", MiB)):  # fmt: skip
+        for source, colour in (("cache", "tab:red"), ("store", "tab:blue")):
+            points = [(r["n"], r[f"{source}_{key}"] / scale) for r in rows if r[f"{source}_{key}"] is not None]
+            measured = [p for p, r in zip(points, rows) if source == "store" or r["cache_measured"]]
+            axis.plot(*zip(*measured), marker="o", color=colour, label=f"in-RAM cache" if source == "cache" else "store")
+            if len(points) > len(measured):
+                axis.plot(*zip(*points[len(measured) - 1 :]), ls="--", color=colour, label="cache, extrapolated")
+        axis.set_xscale("log")
+        axis.set_xlabel("training volumes N")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle("cover_mri, 1.5 mm, 96^3 patches from 144^3 contexts, one rank (benchmarks/store_scaling.py)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report_stage(sizes: Sequence[int]) -> None:
+    """``store_scaling.json`` (the table readme_tables.py renders), ``store_scaling.csv`` and ``store_scaling.png``."""
+    import csv
+
+    cells = read_cells()
+    rows = summary_rows(cells, sizes)
+    table = {"headers": HEADERS, "rows": table_rows(rows), "summary": rows, "setting": {**SETTING, **RUN, "config": CONFIG},
+             "loads": {name: cell["load"] for name, cell in cells.items()}}  # fmt: skip
+    (RESULTS / "store_scaling.json").write_text(json.dumps(table, indent=1) + "\n")
+    with open(RESULTS / "store_scaling.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, RESULTS / "store_scaling.png")
+    print(json.dumps(rows, indent=1))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scratch", type=Path, default=Path("/work/scaling_data"),
+                        help="folder for the derived volumes, datalists, stores and runs (outside the repository)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[20, 200, 2000])
+    parser.add_argument("--cache-sizes", nargs="+", type=int, default=[20, 200],
+                        help="N at which the in-RAM cache is run (its start-up grows ~0.6 s per volume)")
+    parser.add_argument("--sources", nargs="+", choices=("cache", "store"), default=["cache", "store"],
+                        help="what the startup stage runs (both by default, back to back at each N)")
+    parser.add_argument("--prepare-compare", type=int, default=200, help="largest N prepared with 1 and with 2 workers")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved rounds of the pairs-per-second stage")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs per round")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return pairs_child(json.loads(args.child))
+    if REPO in args.scratch.resolve().parents or args.scratch.resolve() == REPO:
+        raise SystemExit(f"--scratch {args.scratch} is inside the repository: the derived volumes must stay outside")
+    if "generate" in args.stages:
+        generate(args.scratch, max(args.sizes), args.sizes)
+    if "prepare" in args.stages:
+        prepare_stage(args.scratch, args.sizes, args.prepare_compare)
+    if "startup" in args.stages:
+        startup_stage(args.scratch, args.sizes, args.cache_sizes, args.sources)
+    if "pairs" in args.stages:
+        pairs_stage(args.scratch, args.sizes, args.cache_sizes, args.reps, args.pairs)
+    if "report" in args.stages:
+        report_stage(args.sizes)
+
+
+if __name__ == "__main__":
+    main()
