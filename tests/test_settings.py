@@ -40,6 +40,8 @@ CASES = [
     (CT, "pixdim", [2.5, 2.5], {}),
     (CT, "channels", [8, 16, 32, 64], {}),
     (CT, "num_workers", -1, {}),
+    (CT, "store", str(REPO / "README.md"), {}),  # a file
+    (MRI, "store", 7, {}),
     (CT, "checkpoints_kept", 1, {}),
     (CT, "dataset_dir", "<tmp>/no_such_folder", {}),
     (CT, "datalist", "<tmp>", {}),

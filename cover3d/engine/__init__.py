@@ -5,7 +5,7 @@ from cover3d.engine.distributed import AverageLossGradients
 from cover3d.engine.health import RepresentationHealth, effective_rank, feature_health
 from cover3d.engine.outputs import load_weights, log_written, refuse_existing, segmentation_output_paths
 from cover3d.engine.run_checkpoints import CheckpointMismatchError, RunFolderError, TrainingCheckpoints
-from cover3d.engine.settings import check_settings, default_num_threads, require_bool, set_num_threads
+from cover3d.engine.settings import check_settings, default_num_threads, default_num_workers, require_bool, set_num_threads
 from cover3d.engine.trainer import CoverTrainer, loss_inputs, prepare_pair_batch, scalar_outputs
 from cover3d.engine.validation import FieldValidation, field_accuracy, fixed_pairs, report_field_accuracy
 
@@ -22,6 +22,7 @@ __all__ = [
     "TrainingCheckpoints",
     "check_settings",
     "default_num_threads",
+    "default_num_workers",
     "effective_rank",
     "feature_health",
     "field_accuracy",

@@ -26,6 +26,7 @@ __all__ = [
     "Rule",
     "check_settings",
     "default_num_threads",
+    "default_num_workers",
     "device",
     "integer",
     "number",
@@ -36,6 +37,7 @@ __all__ = [
     "require_bool",
     "set_num_threads",
     "spatial_size",
+    "store_folder",
 ]
 
 # a rule checks ``value`` of the setting ``name`` and raises an InputError naming both; ``rule.allowed`` says what
@@ -200,6 +202,18 @@ def device(value: object, name: str) -> None:
         _refuse(name, value, allowed, hint)
 
 
+@_rule("None or the folder of a store written by python -m cover3d.prepare")
+def store_folder(value: object, name: str) -> None:
+    """None, or the path of a store folder; whether it holds a complete store for the run is checked when the training
+    volumes are opened (:func:`cover3d.data.open_store`, whose message names the prepare command)."""
+    if value is None:
+        return
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        _refuse(name, value, store_folder.allowed)
+    if os.path.isfile(value):
+        _refuse(name, value, store_folder.allowed, " (a file)")
+
+
 _SEED = integer(0, 2**32 - 1)  # numpy's seed range (monai.utils.set_determinism)
 _POSITIVE = integer(1)
 _COUNT = integer(0)
@@ -210,6 +224,7 @@ _FILE = path("file")
 SETTING_RULES: dict[str, Rule] = {
     # data and files
     "dataset_dir": path("folder"),
+    "store": store_folder,
     "datalist": _FILE,
     "weights": _FILE,
     "pretrained_weights": optional(_FILE),
@@ -300,6 +315,17 @@ def default_num_threads() -> int:
     busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, (cores - min(busy, cores - 1)) // local_processes)
+
+
+def default_num_workers(store: object = None) -> int:
+    """DataLoader worker processes of a pretraining run: 0 without a store (the volumes are in the RAM cache: a
+    worker would only copy them); with a store, the cores each ``torchrun`` process of this machine may use, less one
+    for the training itself, between 1 and 4 (each worker reads its samples' crops from the memory-mapped store)."""
+    if store is None:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(4, cores // local_processes - 1))
 
 
 def set_num_threads(num_threads: int) -> None:

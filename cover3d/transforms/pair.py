@@ -136,13 +136,12 @@ class CoverPair(Randomizable, Transform):
         self.deformation.randomize(self.patch_size)
 
     def __call__(self, img: np.ndarray | torch.Tensor, randomize: bool = True) -> PairSample:
-        image = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
-        if image.ndim != 4:
-            raise ValueError(f"CoverPair expects a channel-first volume (C, X, Y, Z), got shape {tuple(image.shape)}")
+        if img.ndim != 4:
+            raise ValueError(f"CoverPair expects a channel-first volume (C, X, Y, Z), got shape {tuple(img.shape)}")
         if randomize:
-            self.randomize(image.shape[1:])
-        context = self._context(image)
-        ddf = self.deformation(self.patch_size, device=image.device, randomize=False)
+            self.randomize(img.shape[1:])
+        context = self._context(img)
+        ddf = self.deformation(self.patch_size, device=context.device, randomize=False)
         image_b = self._sample(context, ddf)
         window = tuple(slice(o, o + p) for o, p in zip(self.offset, self.patch_size))
         image_a = self.appearance(context[(slice(None), *window)].clone())  # clone: RandCoarseDropout edits in place
@@ -152,8 +151,9 @@ class CoverPair(Randomizable, Transform):
             mask = mask * foreground_mask(image_b, self.background_threshold)
         return PairSample(image_a=image_a, image_b=image_b, ddf=ddf, mask=mask)
 
-    def _context(self, image: torch.Tensor) -> torch.Tensor:
-        """``(C, *context_size)`` crop at ``context_start``; a view when no padding is needed."""
+    def _context(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(C, *context_size)`` float32 crop at ``context_start`` (a view of a float32 tensor when no padding is
+        needed). Only the crop is converted: of a memory-mapped array (a store entry) only the crop is read."""
         source, target = [], []
         for n, c, s in zip(image.shape[1:], self.context_size, self.context_start):
             if n >= c:
@@ -163,9 +163,11 @@ class CoverPair(Randomizable, Transform):
                 source.append(slice(0, n))
                 target.append(slice((c - n) // 2, (c - n) // 2 + n))
         crop = image[(slice(None), *source)]
+        crop = convert_to_tensor(np.array(crop) if isinstance(crop, np.ndarray) else crop, dtype=torch.float32,
+                                 track_meta=False)  # np.array: a writable copy of the crop, not of the memory map
         if tuple(crop.shape[1:]) == self.context_size:
             return crop
-        context = image.new_zeros((image.shape[0], *self.context_size))
+        context = crop.new_zeros((crop.shape[0], *self.context_size))
         context[(slice(None), *target)] = crop
         return context
 
