@@ -41,7 +41,9 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -64,6 +66,7 @@ SETTING = {"pixdim": [1.5, 1.5, 1.5], "patch_size": [96, 96, 96], "context_size"
            "channels": [4, 8, 8, 16, 16], "groups": [2, 2, 2, 1, 1], "batch_size": 1, "num_threads": 1}  # fmt: skip
 RUN = {"epochs": 1, "iterations_per_epoch": 3, "validation_pairs": 1, "warmup_iterations": 1, "log_interval": 1}
 FIRST_ITERATION = re.compile(r"Epoch: 1/\d+, Iter: 1/\d+")
+SECOND_ITERATION = re.compile(r"Epoch: 1/\d+, Iter: 2/\d+")
 STAGES = ("generate", "prepare", "startup", "pairs", "report")
 
 
@@ -185,56 +188,74 @@ def environment() -> dict:
 
 
 # ---- prepare -------------------------------------------------------------------------------------------------------
+def store_of(scratch: Path, n: int) -> Path:
+    """The store measured at ``n``: N = 200 is the first part of the N = 2,000 store (prepare resumes, so the 2,000
+    prepare adds only the other 1,800 entries; the N = 200 cells run before it)."""
+    return scratch / "stores" / ("n2000" if n == 200 else f"n{n}")
+
+
 def prepare(scratch: Path, n: int, workers: int, store: Path) -> dict:
-    """Run ``python -m cover3d.prepare`` into a new ``store``: wall seconds, per volume."""
-    shutil.rmtree(store, ignore_errors=True)
+    """Run ``python -m cover3d.prepare`` into ``store`` (entries already there are kept and skipped by prepare):
+    wall and CPU seconds, per volume prepared."""
+    done = len(list((store / "entries").glob("*.json"))) if store.is_dir() else 0
     command = [sys.executable, "-m", "cover3d.prepare", "--config_file", CONFIG, "--store", str(store),
                "--workers", str(workers), *cli_settings(data_settings(scratch, n))]  # fmt: skip
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, used = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     if result.returncode != 0:
         raise RuntimeError(f"prepare failed: {(result.stdout + result.stderr)[-3000:]}")
     size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    return {"n": n, "workers": workers, "seconds": seconds, "seconds_per_volume": seconds / n, "store_bytes": size}
+    return {"n": n, "workers": workers, "volumes_prepared": n - done, "seconds": seconds,
+            "seconds_per_volume": seconds / (n - done), "cpu_seconds": cpu_seconds, "store_bytes": size}  # fmt: skip
 
 
 def prepare_stage(scratch: Path, sizes: Sequence[int], compare: int) -> None:
+    """At each N <= ``compare``: 1 worker into a throw-away store, then 2 workers into the kept store (side by side);
+    above: the kept store with 2 workers only."""
     for n in sizes:
-        if n <= compare and not all(f"prepare_n{n}_w{w}" in read_cells() for w in (1, 2)):
-            for workers in (1, 2):  # side by side
-                keep_cell(f"prepare_n{n}_w{workers}", prepare(scratch, n, workers, scratch / "stores" / f"compare_w{workers}"))
-            for workers in (1, 2):
-                shutil.rmtree(scratch / "stores" / f"compare_w{workers}", ignore_errors=True)
-        store = scratch / "stores" / f"n{n}"
-        if f"store_n{n}" not in read_cells() or not (store / "manifest.json").exists():
-            keep_cell(f"store_n{n}", prepare(scratch, n, 2, store))
+        store = store_of(scratch, n)
+        if n <= compare and f"prepare_n{n}_w1" not in read_cells():
+            throw_away = scratch / "stores" / "compare_w1"
+            shutil.rmtree(throw_away, ignore_errors=True)
+            keep_cell(f"prepare_n{n}_w1", prepare(scratch, n, 1, throw_away))
+            shutil.rmtree(throw_away)
+            shutil.rmtree(store, ignore_errors=True)
+            keep_cell(f"prepare_n{n}_w2", prepare(scratch, n, 2, store))
+        elif f"prepare_n{n}_w2" not in read_cells():
+            keep_cell(f"prepare_n{n}_w2", prepare(scratch, n, 2, store))
 
 
 # ---- start-up and memory -------------------------------------------------------------------------------------------
-def tree_rss(pid: int) -> tuple[int, int]:
-    """(RSS of ``pid`` and all its descendants summed, RSS of ``pid`` alone), bytes, from /proc."""
+def process_tree(pid: int) -> dict:
+    """Of ``pid`` and all its descendants, from /proc: ``rss`` (summed, bytes), ``main_rss`` (``pid`` alone) and
+    ``cpu_seconds`` (user + system, including reaped children)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = status.read_text()
-        except OSError:
+            status, stat = (proc / "status").read_text(), (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        p = int(status.parent.name)
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        p = int(proc.name)
         children.setdefault(int(fields["PPid"]), []).append(p)
         rss[p] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, stack = 0, [pid]
+        cpu[p] = sum(int(v) for v in stat[11:15]) / tick  # utime stime cutime cstime
+    found, stack = [], [pid]
     while stack:
-        p = stack.pop()
-        total += rss.get(p, 0)
-        stack += children.get(p, [])
-    return total, rss.get(pid, 0)
+        found.append(stack.pop())
+        stack += children.get(found[-1], [])
+    return {"rss": sum(rss.get(p, 0) for p in found), "main_rss": rss.get(pid, 0),
+            "cpu_seconds": sum(cpu.get(p, 0.0) for p in found)}  # fmt: skip
 
 
 def startup(scratch: Path, n: int, store: Path | None) -> dict:
-    """``monai.bundle run`` for 3 iterations: seconds to the first iteration's log line, peak RSS."""
+    """``monai.bundle run`` until its second iteration's log line (then ended): wall and CPU seconds (the rank's
+    processes together) from the command's start to the first iteration's log line, peak RSS up to the second."""
     run = scratch / "runs" / f"{'store' if store else 'cache'}_n{n}"
     shutil.rmtree(run, ignore_errors=True)
     settings = {**data_settings(scratch, n), **RUN, "ckpt_dir": str(run / "models"), "output_dir": str(run / "runs")}
@@ -243,30 +264,36 @@ def startup(scratch: Path, n: int, store: Path | None) -> dict:
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", CONFIG, *cli_settings(settings)]
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
-    peaks = {"rank": 0, "main": 0}
-    first: list[float] = []
+                               text=True, start_new_session=True)  # fmt: skip
+    peaks = {"rss": 0, "main_rss": 0}
+    first: dict = {}
     lines: list[str] = []
 
     def sample() -> None:
         while process.poll() is None:
-            rank, main = tree_rss(process.pid)
-            peaks["rank"], peaks["main"] = max(peaks["rank"], rank), max(peaks["main"], main)
+            now = process_tree(process.pid)
+            peaks["rss"], peaks["main_rss"] = max(peaks["rss"], now["rss"]), max(peaks["main_rss"], now["main_rss"])
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    for line in process.stdout:
-        lines.append(line)
-        if not first and FIRST_ITERATION.search(line):
-            first.append(time.perf_counter() - start)
-    process.wait()
-    sampler.join()
-    if process.returncode != 0 or not first:
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if not first and FIRST_ITERATION.search(line):
+                first = {"seconds": time.perf_counter() - start, "cpu_seconds": process_tree(process.pid)["cpu_seconds"]}
+            elif first and SECOND_ITERATION.search(line):
+                break
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        sampler.join()
+    if not first:
         raise RuntimeError(f"run failed: {''.join(lines)[-3000:]}")
-    return {"n": n, "source": "store" if store else "cache", "seconds_to_first_iteration": first[0],
-            "peak_rss_rank_bytes": peaks["rank"], "peak_rss_main_bytes": peaks["main"],
-            "seconds_total": time.perf_counter() - start}  # fmt: skip
+    return {"n": n, "source": "store" if store else "cache", "seconds_to_first_iteration": first["seconds"],
+            "cpu_seconds_to_first_iteration": first["cpu_seconds"], "peak_rss_rank_bytes": peaks["rss"],
+            "peak_rss_main_bytes": peaks["main_rss"]}  # fmt: skip
 
 
 def startup_stage(scratch: Path, sizes: Sequence[int], cache_sizes: Sequence[int], sources: Sequence[str]) -> None:
@@ -275,7 +302,7 @@ def startup_stage(scratch: Path, sizes: Sequence[int], cache_sizes: Sequence[int
             name = f"startup_{source}_n{n}"
             if name in read_cells() or (source == "cache" and n not in cache_sizes):
                 continue
-            keep_cell(name, startup(scratch, n, scratch / "stores" / f"n{n}" if source == "store" else None))
+            keep_cell(name, startup(scratch, n, store_of(scratch, n) if source == "store" else None))
 
 
 # ---- pairs per worker ----------------------------------------------------------------------------------------------
@@ -300,7 +327,7 @@ def pairs_child(case: dict) -> None:
 def pairs(scratch: Path, n: int, source: str, count: int) -> dict:
     settings = data_settings(scratch, n)
     if source == "store":
-        settings["store"] = str(scratch / "stores" / f"n{n}")
+        settings["store"] = str(store_of(scratch, n))
     case = json.dumps({"settings": settings, "pairs": count})
     result = subprocess.run([sys.executable, __file__, "--child", case], cwd=REPO, env=environment(),
                             capture_output=True, text=True)  # fmt: skip
@@ -360,9 +387,7 @@ def summary_rows(cells: dict, sizes: Sequence[int]) -> list[dict]:
         row["prepare_w1_s_per_volume"] = w1["seconds_per_volume"] if w1 else None
         row["prepare_w2_s_per_volume"] = w2["seconds_per_volume"] if w2 else None
         row["prepare_speedup"] = w1["seconds"] / w2["seconds"] if w1 and w2 else None
-        kept = cells.get(f"store_n{n}")
-        row["store_bytes"] = kept["store_bytes"] if kept else None
-        row["store_prepare_s_per_volume"] = kept["seconds_per_volume"] if kept else None
+        row["store_bytes"] = w2["store_bytes"] if w2 else None
         rows.append(row)
     return rows
 
@@ -382,7 +407,7 @@ def table_rows(rows: Sequence[dict]) -> list[list[str]]:
                     if r["store_peak_rss_rank_bytes"] else "-",
                     value(r["cache_pairs_per_s"], ".2f"), value(r["store_pairs_per_s"], ".2f"),
                     value(r["pairs_ratio_wall"], ".2f", "x") + (value(r["pairs_ratio_cpu"], ".2f", "x CPU").join(" ()") if r["pairs_ratio_cpu"] else ""),
-                    value(r["prepare_w1_s_per_volume"], ".3f", " s"), value(r["prepare_w2_s_per_volume"] or r["store_prepare_s_per_volume"], ".3f", " s"),
+                    value(r["prepare_w1_s_per_volume"], ".3f", " s"), value(r["prepare_w2_s_per_volume"], ".3f", " s"),
                     value(r["prepare_speedup"], ".2f", "x"), value(r["store_bytes"] and r["store_bytes"] / MiB, ",.0f", " MiB")])  # fmt: skip
     return out
 

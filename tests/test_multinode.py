@@ -1,6 +1,7 @@
 """The several-node ``torchrun`` command of docs/performance.md, as 2 nodes x 1 process on this machine: two torchrun
-invocations meet through a c10d rendezvous on localhost (gloo, CPU), train a tiny network for 3 iterations, draw
-different samples (together the single-process stream), and write one checkpoint set."""
+invocations meet through a c10d rendezvous on localhost (gloo, CPU), train a tiny network for 3 iterations from one
+store (``cover3d.prepare`` of the embedded CT sample), draw different samples (together the single-process stream),
+and write one checkpoint set."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ WORKER = Path(__file__).resolve().parent / "bundle_worker.py"
 DOCUMENTED = (
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0.example.org:29400 "
     "--rdzv_id cover_ct_run1 -m monai.bundle run "
-    "--config_file \"['bundles/cover_ct/train.json','bundles/cover_ct/multi_gpu_train.json']\" --batch_size 2"
+    "--config_file \"['bundles/cover_ct/train.json','bundles/cover_ct/multi_gpu_train.json']\" --store /shared/cover_ct_store "
+    "--batch_size 2"
 )  # fmt: skip
 ITERATIONS = 3
 SETTINGS = {"iterations_per_epoch": ITERATIONS, "epochs": 1, "batch_size": 1, "validation_pairs": 1,
@@ -37,7 +39,8 @@ def free_port() -> int:
 
 def node_commands(port: int, out: Path, overrides: dict) -> list[list[str]]:
     """The documented command for each of 2 nodes of this machine: its torchrun options with 1 process per node and
-    the rendezvous on ``localhost:port``, running ``bundle_worker.py`` on the documented config files."""
+    the rendezvous on ``localhost:port``, running ``bundle_worker.py`` on the documented config files (``overrides``
+    replace the command's own settings)."""
     words = shlex.split(DOCUMENTED)
     launcher = words[1 : words.index("-m")]
     launcher[launcher.index("--nproc_per_node") + 1] = "1"
@@ -73,8 +76,12 @@ def test_documented_command_is_in_the_docs():
 
 @pytest.mark.slow
 def test_two_nodes_draw_different_samples_and_write_one_checkpoint_set(tmp_path):
+    from cover3d.prepare import prepare_store
+
+    store = tmp_path / "store"
+    prepare_store(str(REPO / "bundles" / "cover_ct" / "train.json"), store, workers=0, progress=False)
     models = tmp_path / "bundle" / "models"
-    overrides = {**SETTINGS, "ckpt_dir": str(models), "output_dir": str(tmp_path / "bundle" / "runs")}
+    overrides = {**SETTINGS, "store": str(store), "ckpt_dir": str(models), "output_dir": str(tmp_path / "bundle" / "runs")}
     logs = run_nodes(node_commands(free_port(), tmp_path / "records", overrides), tmp_path)
     records = [torch.load(p, weights_only=True) for p in sorted((tmp_path / "records").glob("rank*.pt"))]
     assert len(records) == 2, "\n".join(log[-3000:] for log in logs)
@@ -89,6 +96,7 @@ def test_two_nodes_draw_different_samples_and_write_one_checkpoint_set(tmp_path)
     parser.read_config(str(REPO / "bundles" / "cover_ct" / "train.json"))
     parser.update(overrides)
     stream = parser.get_parsed_content("train#dataset")
+    assert type(stream.dataset).__name__ == "StoreDataset"  # the ranks read the store
     for rank, images in enumerate(drawn):
         for i, image in enumerate(images):
             torch.testing.assert_close(image[0], torch.as_tensor(stream[2 * i + rank]["image"]), rtol=0, atol=0)
