@@ -348,9 +348,9 @@ def pairs_stage(scratch: Path, sizes: Sequence[int], cache_sizes: Sequence[int],
 
 
 # ---- report --------------------------------------------------------------------------------------------------------
-HEADERS = ["N", "start-up to iteration 1: cache", "store", "peak RSS per rank: cache", "store (main process)",
-           "pairs/s per worker: cache", "store", "store / cache", "prepare s/volume: 1 worker", "2 workers",
-           "speed-up", "store size"]  # fmt: skip
+HEADERS = ["N", "to iteration 1, cache: wall (CPU)", "store: wall (CPU)", "peak RSS per rank, cache",
+           "store (main process alone)", "pairs/s per worker, cache: wall (CPU)", "store: wall (CPU)", "store / cache: wall (CPU)",
+           "prepare s/volume, 1 worker", "2 workers", "speed-up", "store size", "machine load (1-min avg)"]  # fmt: skip
 
 
 def median(values: Sequence[float]) -> float:
@@ -373,8 +373,9 @@ def summary_rows(cells: dict, sizes: Sequence[int]) -> list[dict]:
         cache, store = cells.get(f"startup_cache_n{n}"), cells.get(f"startup_store_n{n}")
         rounds = cells.get(f"pairs_n{n}", {}).get("rounds", [])
         w1, w2 = cells.get(f"prepare_n{n}_w1"), cells.get(f"prepare_n{n}_w2")
-        row = {"n": n, "cache_measured": cache is not None}
-        for key in ("seconds_to_first_iteration", "peak_rss_rank_bytes"):
+        row = {"n": n, "cache_measured": cache is not None,
+               "loads": [c["load"]["load_1min"] for name, c in cells.items() if re.search(rf"_n{n}(_|$)", name)]}
+        for key in ("seconds_to_first_iteration", "cpu_seconds_to_first_iteration", "peak_rss_rank_bytes"):
             row[f"cache_{key}"] = cache[key] if cache else extrapolated(cells, key, n)
             row[f"store_{key}"] = store[key] if store else None
         row["store_peak_rss_main_bytes"] = store["peak_rss_main_bytes"] if store else None
@@ -393,46 +394,64 @@ def summary_rows(cells: dict, sizes: Sequence[int]) -> list[dict]:
 
 
 def table_rows(rows: Sequence[dict]) -> list[list[str]]:
-    def value(x: float | None, form: str, suffix: str = "") -> str:
-        return "-" if x is None else format(x, form) + suffix
+    """The docs table: one row per N; '-' where not measured; in-RAM figures beyond the measured N marked."""
+
+    def value(x: float | None, form: str, unit: str = "") -> str:
+        return "-" if x is None else f"{x:{form}}{unit}"
+
+    def both(x: float | None, y: float | None, form: str, unit: str) -> str:
+        return "-" if x is None else f"{x:{form}}{unit} ({y:{form}}{unit})"
 
     out = []
     for r in rows:
         guess = "" if r["cache_measured"] else " (linear extrapolation)"
-        out.append([f"{r['n']:,}", value(r["cache_seconds_to_first_iteration"], ".0f", " s") + guess,
-                    value(r["store_seconds_to_first_iteration"], ".1f", " s"),
-                    value(r["cache_peak_rss_rank_bytes"] and r["cache_peak_rss_rank_bytes"] / MiB, ",.0f", " MiB") + guess,
-                    value(r["store_peak_rss_rank_bytes"] and r["store_peak_rss_rank_bytes"] / MiB, ",.0f", " MiB")
-                    + value(r["store_peak_rss_main_bytes"] and r["store_peak_rss_main_bytes"] / MiB, ",.0f", " MiB").join(" ()")
-                    if r["store_peak_rss_rank_bytes"] else "-",
-                    value(r["cache_pairs_per_s"], ".2f"), value(r["store_pairs_per_s"], ".2f"),
-                    value(r["pairs_ratio_wall"], ".2f", "x") + (value(r["pairs_ratio_cpu"], ".2f", "x CPU").join(" ()") if r["pairs_ratio_cpu"] else ""),
-                    value(r["prepare_w1_s_per_volume"], ".3f", " s"), value(r["prepare_w2_s_per_volume"], ".3f", " s"),
-                    value(r["prepare_speedup"], ".2f", "x"), value(r["store_bytes"] and r["store_bytes"] / MiB, ",.0f", " MiB")])  # fmt: skip
+        cache_startup = (both(r["cache_seconds_to_first_iteration"], r["cache_cpu_seconds_to_first_iteration"], ".0f", " s")
+                         if r["cache_measured"] else value(r["cache_seconds_to_first_iteration"], ".0f", " s") + guess)
+        rss = {k: r[k] and r[k] / MiB for k in ("cache_peak_rss_rank_bytes", "store_peak_rss_rank_bytes", "store_peak_rss_main_bytes")}
+        out.append([f"{r['n']:,}", cache_startup,
+                    both(r["store_seconds_to_first_iteration"], r["store_cpu_seconds_to_first_iteration"], ".0f", " s"),
+                    value(rss["cache_peak_rss_rank_bytes"], ",.0f", " MiB") + guess,
+                    both(rss["store_peak_rss_rank_bytes"], rss["store_peak_rss_main_bytes"], ",.0f", " MiB"),
+                    both(r["cache_pairs_per_s"], r["cache_pairs_per_cpu_s"], ".1f", ""),
+                    both(r["store_pairs_per_s"], r["store_pairs_per_cpu_s"], ".1f", ""),
+                    both(r["pairs_ratio_wall"], r["pairs_ratio_cpu"], ".2f", "x"),
+                    value(r["prepare_w1_s_per_volume"], ".2f", " s"), value(r["prepare_w2_s_per_volume"], ".2f", " s"),
+                    value(r["prepare_speedup"], ".2f", "x"), value(r["store_bytes"] and r["store_bytes"] / MiB, ",.0f", " MiB"),
+                    "-" if not r["loads"] else f"{min(r['loads']):.1f}-{max(r['loads']):.1f}"])  # fmt: skip
     return out
 
 
 def plot(rows: Sequence[dict], path: Path) -> None:
-    """Start-up and peak RSS per rank against N (log), in-RAM cache vs store; dashed: linear extrapolation."""
+    """Start-up (wall; CPU dotted) and peak RSS per rank against N, in-RAM cache vs store; dashed: extrapolated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label, scale in ((axes[0], "seconds_to_first_iteration", "seconds to iteration 1", 1),
-                                    (axes[1], "peak_rss_rank_bytes", "peak RSS per rank (MiB)", MiB)):  # fmt: skip
+    panels = ((axes[0], ("seconds_to_first_iteration", "cpu_seconds_to_first_iteration"), "seconds to iteration 1", 1),
+              (axes[1], ("peak_rss_rank_bytes",), "peak RSS per rank (MiB)", MiB))  # fmt: skip
+    for axis, keys, label, scale in panels:
         for source, colour in (("cache", "tab:red"), ("store", "tab:blue")):
-            points = [(r["n"], r[f"{source}_{key}"] / scale) for r in rows if r[f"{source}_{key}"] is not None]
-            measured = [p for p, r in zip(points, rows) if source == "store" or r["cache_measured"]]
-            axis.plot(*zip(*measured), marker="o", color=colour, label=f"in-RAM cache" if source == "cache" else "store")
-            if len(points) > len(measured):
-                axis.plot(*zip(*points[len(measured) - 1 :]), ls="--", color=colour, label="cache, extrapolated")
+            for key, style in zip(keys, ("-", ":")):
+                measured = [(r["n"], r[f"{source}_{key}"] / scale) for r in rows
+                            if r[f"{source}_{key}"] is not None and (source == "store" or r["cache_measured"])]
+                guessed = [(r["n"], r[f"{source}_{key}"] / scale) for r in rows
+                           if source == "cache" and not r["cache_measured"] and r[f"{source}_{key}"] is not None]
+                name = {"cache": "in-RAM cache", "store": "store"}[source] + (" (CPU s)" if style == ":" else "")
+                if measured:
+                    axis.plot(*zip(*measured), ls=style, marker="o", color=colour, label=name)
+                if measured and guessed:
+                    axis.plot(*zip(*(measured[-1:] + guessed)), ls="--", marker="x", color=colour, alpha=0.6,
+                              label=f"{name}, linear extrapolation")
         axis.set_xscale("log")
+        axis.set_xticks([r["n"] for r in rows], [f"{r['n']:,}" for r in rows])
+        axis.minorticks_off()
+        axis.set_ylim(bottom=0)
         axis.set_xlabel("training volumes N")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.suptitle("cover_mri, 1.5 mm, 96^3 patches from 144^3 contexts, one rank (benchmarks/store_scaling.py)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
