@@ -17,13 +17,13 @@ Stages (each cell's result is kept in ``results/store_scaling/cells.json`` as so
 skips finished cells, so the script resumes):
 
 - ``generate``: the volumes and datalists (existing files are kept);
-- ``prepare``: ``python -m cover3d.prepare --workers 1`` and ``--workers 2`` side by side (wall time per volume) at
-  each N <= ``--prepare-compare`` into throw-away stores, then the store of every N with 2 workers (kept in
-  ``SCRATCH/stores``, also timed);
-- ``startup``: ``python -m monai.bundle run`` for 3 iterations, in-RAM cache then store at each N, back to back:
-  seconds from the command's start to the first iteration's log line, and the peak RSS of the rank (its process plus
-  its DataLoader workers, summed, sampled every 0.1 s; shared pages count once per process, so this is an upper
-  bound) and of its main process alone;
+- ``prepare``: ``python -m cover3d.prepare --workers 1`` into a throw-away store and ``--workers 2`` into the kept
+  store, side by side (wall and CPU seconds per volume), at each N <= ``--prepare-compare``; above, the kept store
+  with 2 workers only. The N = 200 store is the first part of the N = 2,000 store (``store_of``);
+- ``startup``: ``python -m monai.bundle run`` (in-RAM cache and/or store, ``--sources``) until its iteration-2 log
+  line: wall seconds from the command's start to the iteration-1 log line and the CPU seconds of the rank's processes
+  by then, and the peak RSS of the rank (its process plus its DataLoader workers, summed, sampled every 0.1 s; shared
+  pages count once per process, so an upper bound) and of its main process alone;
 - ``pairs``: pairs per second of one process (= one DataLoader worker) drawing ``train#dataset`` items, cache and
   store interleaved (``--reps`` rounds of ``--pairs`` pairs after one warm-up pair; medians; ratio per round);
 - ``report``: ``store_scaling.csv`` / ``.json`` (the table docs/performance.md shows) and ``store_scaling.png``
