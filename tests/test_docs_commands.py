@@ -238,6 +238,32 @@ def pretrain_own_folder(command: str, request) -> None:
     assert metadata["preprocessing"]["spacing_mm"] == [2.0, 2.0, 2.0]
 
 
+PREPARE_COMMAND = ("python -m cover3d.prepare --config_file bundles/cover_mri/train.json --dataset_dir /data/my_mri "
+                   "--datalist data_lists/my_mri.json --store /data/my_mri_store")
+
+
+@pytest.fixture(scope="module")
+def mri_store(workspace, mri_datalist) -> Path:
+    """The store that docs/performance.md's prepare command writes for the user's MRI folder."""
+    workspace.run(PREPARE_COMMAND)
+    return workspace.root / "data" / "my_mri_store"
+
+
+def store_prepared(command: str, request) -> None:
+    assert command == PREPARE_COMMAND
+    store = request.getfixturevalue("mri_store")
+    manifest = json.loads((store / "manifest.json").read_text())
+    training = json.loads(request.getfixturevalue("mri_datalist").read_text())["training"]
+    assert manifest["complete"] and len(manifest["entries"]) == len(training)
+    assert manifest["settings"]["pixdim"] == [2.0, 2.0, 2.0]
+
+
+def pretrain_from_store(command: str, request) -> None:
+    request.getfixturevalue("mri_store")
+    run = pretrain(request.getfixturevalue("workspace"), command, "store")
+    assert (run / "models" / "checkpoint_2.pt").is_file()
+
+
 def default_pretraining(command: str, request) -> None:
     run = request.getfixturevalue("sample_run")
     assert list((run / "runs").rglob("events.out.tfevents.*"))
@@ -476,6 +502,9 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
     "nnUNetv2_train 501 3d_fullres 0 -p nnUNetPlans_cover3d":
         covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
     # docs/performance.md
+    PREPARE_COMMAND: store_prepared,
+    "python -m monai.bundle run --config_file bundles/cover_mri/train.json --dataset_dir /data/my_mri --datalist "
+    "data_lists/my_mri.json --store /data/my_mri_store": pretrain_from_store,
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0.example.org:29400 --rdzv_id "
     "cover_ct_run1 -m monai.bundle run --config_file \"['bundles/cover_ct/train.json','bundles/cover_ct/multi_gpu_train.json']\" "
     "--store /shared/cover_ct_store --batch_size 2": covered_by("tests/test_multinode.py::test_two_nodes_draw_different_samples_and_write_one_checkpoint_set"),

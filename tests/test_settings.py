@@ -267,3 +267,15 @@ def test_the_overlay_guard_reads_the_command_line():
         require_base_config("inference.json", argv=["run", "--config_file=b/inference.json"])
     with pytest.raises(InputValueError):  # listed after the overlay, train.json would override it
         require_base_config("inference.json", argv=["run", "--config_file", "['b/inference.json','b/train.json']"])
+
+
+def test_num_workers_default_is_0_without_a_store_and_fits_each_process_cores_with_one(monkeypatch):
+    """Without a store the volumes are in RAM (a worker would copy them): 0, as before. With a store: the cores of
+    each torchrun process less one for training, between 1 and 4."""
+    from cover3d.engine import default_num_workers
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, processes, expected in ((16, 1, 4), (4, 1, 3), (2, 1, 1), (16, 8, 1), (16, 4, 3), (1, 1, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+        assert (default_num_workers(None), default_num_workers("/a/store")) == (0, expected), (cores, processes)

@@ -253,3 +253,28 @@ def test_a_missing_or_partial_store_names_the_prepare_command(tmp_path, dataset,
     (Path(store) / "manifest.json").unlink()
     message = refusal(bundle_parser(tmp_path, **dataset, store=store))
     assert message.endswith(f"has no manifest.json (prepare never finished): prepare it with: {command}"), message
+
+
+class CropOnlyVolume:
+    """A channel-first volume that can only be read by slicing (as a memory map is read); records each box read."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values, self.shape, self.ndim, self.boxes = values, values.shape, values.ndim, []
+
+    def __getitem__(self, box):
+        self.boxes.append(box)
+        return self.values[box]
+
+
+def test_the_pair_transform_reads_only_its_context_crop():
+    from cover3d.transforms import CoverPair
+
+    values = np.random.default_rng(0).random((1, 40, 36, 30), dtype=np.float32)
+    lazy = CropOnlyVolume(values)
+    pair = CoverPair(patch_size=16, context_size=24).set_random_state(seed=5)
+    from_crops = pair(lazy)
+    from_tensor = CoverPair(patch_size=16, context_size=24).set_random_state(seed=5)(torch.from_numpy(values))
+    for a, b in zip(from_crops, from_tensor, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (box,) = lazy.boxes
+    assert [s.stop - s.start for s in box[1:]] == [24, 24, 24]  # one context-sized read, not the volume

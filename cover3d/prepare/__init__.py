@@ -24,6 +24,7 @@ from monai.utils import optional_import
 
 from cover3d.data.store import (
     ENTRIES,
+    StoreSettingsError,
     entry_id,
     prepare_command,
     read_entry_record,
@@ -148,7 +149,7 @@ def prepare_store(config_file: str | Sequence[str], store: str | os.PathLike, wo
         difference = settings_difference(read_manifest(store, command)["settings"], settings)
         if difference is not None:
             name, stored, wanted = difference
-            raise InputValueError(f"store {store} was prepared with {name} {stored!r}, this config has {name} "
+            raise StoreSettingsError(f"store {store} was prepared with {name} {stored!r}, this config has {name} "
                                   f"{wanted!r}: prepare into another --store folder (or delete this one)")
     entries = Path(store, ENTRIES)
     entries.mkdir(parents=True, exist_ok=True)
