@@ -405,8 +405,7 @@ def table_rows(rows: Sequence[dict]) -> list[list[str]]:
     out = []
     for r in rows:
         guess = "" if r["cache_measured"] else " (linear extrapolation)"
-        cache_startup = (both(r["cache_seconds_to_first_iteration"], r["cache_cpu_seconds_to_first_iteration"], ".0f", " s")
-                         if r["cache_measured"] else value(r["cache_seconds_to_first_iteration"], ".0f", " s") + guess)
+        cache_startup = both(r["cache_seconds_to_first_iteration"], r["cache_cpu_seconds_to_first_iteration"], ",.0f", " s") + guess
         rss = {k: r[k] and r[k] / MiB for k in ("cache_peak_rss_rank_bytes", "store_peak_rss_rank_bytes", "store_peak_rss_main_bytes")}
         out.append([f"{r['n']:,}", cache_startup,
                     both(r["store_seconds_to_first_iteration"], r["store_cpu_seconds_to_first_iteration"], ".0f", " s"),
