@@ -106,6 +106,10 @@ def test_block_lists_cover_every_window_pair(radius, spatial):
     assert torch.equal(mask.q_indices, mask.kv_indices) and torch.equal(mask.q_num_blocks, mask.kv_num_blocks)
 
 
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+    reason="torch compiles flex_attention for x86 CPUs with AVX2 only",
+)
 def test_compiled_kernel_equals_reference_on_cpu():
     """The compiled (fused, block-sparse) kernel, inference on a CPU: batch 2, groups 2, an odd grid of several
     blocks, border included; gradients there are refused with one clear message."""

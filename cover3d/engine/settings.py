@@ -270,7 +270,8 @@ SETTING_RULES: dict[str, Rule] = {
 
 def check_settings(**settings: object) -> None:
     """Check each keyword by its rule in :data:`SETTING_RULES`, ``context_size`` >= ``patch_size`` per axis when
-    both are given, and ``veu`` not ``'fused'`` on a CPU ``device`` (its backward needs CUDA), e.g. as the first step of a bundle's ``initialize`` list::
+    both are given, and ``veu`` not ``'fused'`` on a CPU ``device`` (its backward needs CUDA), e.g. as the first
+    step of a bundle's ``initialize`` list::
 
         "checked_settings": {"_target_": "cover3d.engine.check_settings", "epochs": "@epochs", "device": "@device"},
         "initialize": ["@checked_settings", ...]
