@@ -179,7 +179,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "pretext_head_to_head": partial(pretext_head_to_head, "pretext_comparison"),
     "pretext_comparison_long": partial(pretext_comparison_table, "pretext_comparison_long"),
     "pretext_head_to_head_long": partial(pretext_head_to_head, "pretext_comparison_long"),
-    **{name: partial(stored_table, name) for name in ("veu", "pair_generation", "pretraining_step", "memory_by_patch", "store_format")},
+    **{name: partial(stored_table, name)
+       for name in ("veu", "veu_forward", "pair_generation", "pretraining_step", "memory_by_patch", "store_format")},
     **{f"classical_registration_{b}": partial(classical_registration, b) for b in ("cover_ct", "cover_mri")},
 }
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.DOTALL)

@@ -246,6 +246,7 @@ SETTING_RULES: dict[str, Rule] = {
     "num_classes": integer(2),
     "channels": numbers(5, _POSITIVE),
     "projection_gain": number(0, low_open=True),
+    "veu": one_of("streaming", "fused", "reference"),
     "min_loaded_fraction": number(0, 1, low_open=True),
     "freeze_backbone": require_bool,
     # optimisation and schedule
@@ -283,8 +284,9 @@ SETTING_RULES: dict[str, Rule] = {
 
 
 def check_settings(**settings: object) -> None:
-    """Check each keyword by its rule in :data:`SETTING_RULES`, and ``context_size`` >= ``patch_size`` per axis
-    when both are given, e.g. as the first step of a bundle's ``initialize`` list::
+    """Check each keyword by its rule in :data:`SETTING_RULES`, ``context_size`` >= ``patch_size`` per axis when
+    both are given, and ``veu`` not ``'fused'`` on a CPU ``device`` (its backward needs CUDA), e.g. as the first
+    step of a bundle's ``initialize`` list::
 
         "checked_settings": {"_target_": "cover3d.engine.check_settings", "epochs": "@epochs", "device": "@device"},
         "initialize": ["@checked_settings", ...]
@@ -302,6 +304,8 @@ def check_settings(**settings: object) -> None:
     patch, context = settings.get("patch_size"), settings.get("context_size")
     if patch is not None and context is not None and any(c < p for p, c in zip(patch, context)):
         _refuse("context_size", list(context), f"at least patch_size {list(patch)} on every axis")
+    if settings.get("veu") == "fused" and "device" in settings and torch.device(settings["device"]).type == "cpu":
+        _refuse("veu", "fused", "'streaming' or 'reference' on a CPU device", " ('fused' trains on CUDA only)")
 
 
 def default_num_threads() -> int:

@@ -33,7 +33,8 @@ class VectorPyramid(nn.Module):
         radii: VEU radius per level, coarse to fine.
         groups: MVI groups J per level, coarse to fine.
         channels_per_group: projected channels per group (head dim); level width = J * channels_per_group.
-        veu_impl: VEU implementation, ``"streaming"`` (default) or ``"reference"`` (see :class:`VectorEmbeddingUnit`).
+        veu_impl: VEU implementation, ``"streaming"`` (default), ``"fused"`` or ``"reference"`` (see
+            :class:`VectorEmbeddingUnit`).
         checkpoint_levels: recompute a level (projection, warp, VEU, composition) in the backward pass instead of
             storing its activations (``torch.utils.checkpoint``, non-reentrant): one bool for all levels or one per
             level, coarse to fine. Same results, less memory, one more forward of the level.

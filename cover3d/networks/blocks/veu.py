@@ -8,10 +8,12 @@ per channel group (head); the group vectors are averaged (MVI). ``q`` are view b
 (already warped) features, so ``x_b(p) ~ x_a(p + v(p))``: ``v`` is a backward displacement in voxels of the
 features' grid. Neighbours outside the volume are removed from the softmax (not scored as zero).
 
-Two implementations with the same result: :func:`vector_embedding` streams over the offsets and never stores the
-local cost volume (the default, see :mod:`cover3d.networks.blocks.veu_streaming`); :func:`vector_embedding_reference`
-materialises it (simple, for tests and benchmarks). Both compute logits and softmax in float32 (float64 inputs stay
-float64) with autocast disabled, so bf16/fp16 features under AMP do not degrade the soft-argmax.
+Three implementations with the same result: :func:`vector_embedding` streams over the offsets and never stores the
+local cost volume (the default, see :mod:`cover3d.networks.blocks.veu_streaming`); :func:`vector_embedding_fused` is
+block-sparse neighbourhood attention in one compiled ``flex_attention`` kernel, no loop over offsets (for CUDA, see
+:mod:`cover3d.networks.blocks.veu_fused`); :func:`vector_embedding_reference` materialises the cost volume (simple,
+for tests and benchmarks). All compute logits and softmax in float32 (float64 inputs stay float64) with autocast
+disabled, so bf16/fp16 features under AMP do not degrade the soft-argmax.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cover3d.networks.blocks.veu_fused import FusedVectorEmbedding, compiled_flex_attention
 from cover3d.networks.blocks.veu_streaming import StreamingVectorEmbedding, streaming_forward
 
-__all__ = ["offset_template", "neighbour_valid", "vector_embedding", "vector_embedding_reference", "VectorEmbeddingUnit"]
+__all__ = [
+    "offset_template",
+    "neighbour_valid",
+    "vector_embedding",
+    "vector_embedding_fused",
+    "vector_embedding_reference",
+    "VectorEmbeddingUnit",
+]
 
 
 def offset_template(radius: int, spatial_dims: int = 3, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -78,6 +88,25 @@ def vector_embedding(query: torch.Tensor, key: torch.Tensor, radius: int, groups
         return StreamingVectorEmbedding.apply(*_full_precision(query, key), offsets, groups)
 
 
+def vector_embedding_fused(query: torch.Tensor, key: torch.Tensor, radius: int, groups: int = 1) -> torch.Tensor:
+    """Fused VEU + MVI: same inputs and result as :func:`vector_embedding_reference`, as neighbourhood attention in
+    compiled ``flex_attention`` kernels (forward and a backward of two more forward passes); O(channels * voxels)
+    memory. Trains on CUDA; on a CPU it only infers: torch's compiled CPU kernel returns no log-sum-exp, which the
+    backward needs, so gradients there raise (train with ``"streaming"``, which is also faster on a CPU).
+
+    Raises:
+        NotImplementedError: gradients requested for CPU tensors.
+    """
+    _check_inputs(query, key, groups)
+    if query.device.type == "cpu" and torch.is_grad_enabled() and (query.requires_grad or key.requires_grad):
+        raise NotImplementedError(
+            "the fused VEU has no backward on a CPU (torch's compiled CPU flex_attention returns no log-sum-exp): "
+            "train on a CPU with the 'streaming' VEU"
+        )
+    with _autocast_off(query.device):
+        return FusedVectorEmbedding.apply(*_full_precision(query, key), radius, groups, compiled_flex_attention)
+
+
 def vector_embedding_reference(query: torch.Tensor, key: torch.Tensor, radius: int, groups: int = 1) -> torch.Tensor:
     """Reference VEU + MVI that materialises the full local cost volume (simple and obviously right; for tests).
 
@@ -119,11 +148,16 @@ class VectorEmbeddingUnit(nn.Module):
     Args:
         radius: window radius r.
         groups: channel groups J whose vectors are averaged.
-        impl: ``"streaming"`` (:func:`vector_embedding`, default) or ``"reference"``
-            (:func:`vector_embedding_reference`, stores the cost volume; for tests and benchmarks).
+        impl: ``"streaming"`` (:func:`vector_embedding`, default), ``"fused"`` (:func:`vector_embedding_fused`,
+            compiled flex_attention; trains on CUDA only) or ``"reference"`` (:func:`vector_embedding_reference`,
+            stores the cost volume; for tests and benchmarks).
     """
 
-    IMPLEMENTATIONS = {"streaming": vector_embedding, "reference": vector_embedding_reference}
+    IMPLEMENTATIONS = {
+        "streaming": vector_embedding,
+        "fused": vector_embedding_fused,
+        "reference": vector_embedding_reference,
+    }
 
     def __init__(self, radius: int, groups: int = 1, impl: str = "streaming") -> None:
         super().__init__()

@@ -24,7 +24,8 @@ class CoverNet(nn.Module):
         groups: MVI groups per level, coarse to fine.
         channels_per_group: projected channels per group.
         channels_per_norm_group: backbone GroupNorm group size (see :class:`UNetBackbone`).
-        veu_impl: ``"streaming"`` (default; never stores the local cost volume) or ``"reference"`` VEU.
+        veu_impl: ``"streaming"`` (default; never stores the local cost volume), ``"fused"`` (compiled
+            flex_attention; trains on CUDA only) or ``"reference"`` VEU (see :class:`VectorEmbeddingUnit`).
         checkpoint_levels: recompute pyramid levels in the backward pass instead of storing their activations; one
             bool for all levels or one per level, coarse to fine (see :class:`VectorPyramid`).
         checkpoint_backbone: run the backbone once per view under ``torch.utils.checkpoint`` (non-reentrant): only
