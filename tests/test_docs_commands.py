@@ -475,6 +475,8 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
         covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
     "nnUNetv2_train 501 3d_fullres 0 -p nnUNetPlans_cover3d":
         covered_by("tests/test_nnunet.py::test_nnunet_fine_tunes_from_the_exported_weights"),
+    # docs/performance.md (an 8-minute CUDA run; on a CPU it prints one line; its smoke mode runs its code paths)
+    "python benchmarks/gpu_check.py": covered_by("tests/test_gpu_check.py::test_smoke_mode_runs_every_part_on_the_cpu"),
     # docs/troubleshooting.md
     "python -m monai.bundle run --config_file bundles/cover_mri/train.json --resume false": one_line_error,
 }

@@ -37,6 +37,8 @@ CASES = [
     (CT, "context_size", [40, 40, 40], {}),
     (CT, "resume", "false", {}),
     (CT, "amp_dtype", "float64", {}),
+    (CT, "compile", "yes", {}),
+    (MRI, "channels_last", "true", {}),
     (CT, "pixdim", [2.5, 2.5], {}),
     (CT, "channels", [8, 16, 32, 64], {}),
     (CT, "num_workers", -1, {}),
