@@ -1,6 +1,6 @@
 """GPU check: where a pretraining step's time goes on CUDA, in one run of <= 8 minutes, as one table.
 
-    python benchmarks/gpu_check.py [--budget-s 470] [--output-dir benchmarks/results] [--smoke]
+    python benchmarks/gpu_check.py [--budget-s 430] [--output-dir benchmarks/results] [--smoke]
 
 Parts, in this order (each stops starting new cases when its share of ``--budget-s`` is spent; a case that fails or
 runs out of memory is a row with its error as status, never an abort):
@@ -11,8 +11,10 @@ runs out of memory is a row with its error as status, never an abort):
    backward of the sum of its feature means, same precision and memory format), at 96^3 and 128^3, batch 1 / 2 / 4,
    fp32 / AMP bf16, contiguous / ``channels_last_3d``, and each non-default VEU implementation at 96^3 batch 2 bf16:
    median seconds of a few steps after a warm-up step, ``torch.cuda.max_memory_allocated``, and the ratio.
-3. ``compile``: the same step with ``torch.compile`` (inductor) at 96^3 batch 2, each case in its own process with
-   the part's remaining time as timeout (compilation may take minutes; a timeout is the case's status).
+3. ``compile``: the same step with ``torch.compile`` (inductor) at 96^3 batch 2 (bf16, bf16 channels-last, fp32, and
+   bf16 with each VEU implementation other than streaming and reference, i.e. the fused one where present), each case
+   in its own process with the part's remaining time as timeout (compilation may take minutes; a timeout is the
+   case's status).
 4. ``breakdown``: ``torch.profiler`` over two steps; the GPU time of every operator is charged to the innermost
    ``cover3d.*`` range it ran under (``record_function`` ranges of the model and trainer: backbone, per pyramid level
    projection / warp / VEU, loss warp, loss, optimizer), backward operators to the range of the forward operator
@@ -56,7 +58,7 @@ from _common import MiB, markdown_table, synchronize  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 WIDTHS = (32, 64, 128, 256, 512)
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# part: seconds at the default --budget-s; the sum (+ start-up) stays under 8 minutes
+# part: relative share of --budget-s (scaled to it); 430 s + start-up + the overrun of each part's last case < 8 minutes
 BUDGETS = {"tests": 35.0, "step": 150.0, "compile": 110.0, "breakdown": 35.0, "veu": 25.0, "pairs": 10.0, "run": 80.0}
 HEADERS = ("part", "case", "status", "seconds", "peak MiB", "result")
 ITERATIONS = 100_000  # the projection's length (the paper trains 1-2 x 10^5)
@@ -206,33 +208,35 @@ def check_tests(rows: list, budget: float) -> None:
 
 def step_cases(sizes: list[tuple[int, int]], base: StepCase, veu_impls: list[str]) -> list[StepCase]:
     """The step-vs-backbone cases, most important first (the budget skips the tail): per (patch, batch), bf16 and
-    fp32, contiguous and channels-last; then each other VEU implementation at the first size in bf16."""
+    fp32, contiguous and channels-last; each other VEU implementation (the fused one) right after the first size's
+    cases, in bf16 at that size."""
     cases = [replace(base, patch=p, batch=b, dtype=d, channels_last=cl)
              for p, b in sizes for d in ("bf16", "fp32") for cl in (False, True)]  # fmt: skip
-    return cases + [replace(base, patch=sizes[0][0], batch=sizes[0][1], veu_impl=v) for v in veu_impls if v != "streaming"]
+    others = [replace(base, veu_impl=v) for v in veu_impls if v != "streaming"]
+    return cases[:4] + others + cases[4:]
 
 
 def check_steps(rows: list, cases: list[StepCase], budget: float, reps: int) -> None:
-    """Rows ``step vs backbone``: the step (seconds, peak, loss, ratio to the backbone alone) and the backbone."""
-    deadline = time.perf_counter() + budget
+    """Rows ``step vs backbone``: the backbone alone (once per size, precision and memory format) and the step
+    (seconds, peak, loss, ratio to that backbone, GPU-hours of 1e5 iterations)."""
+    deadline, backbone_seconds = time.perf_counter() + budget, {}
     for case in cases:
         if time.perf_counter() > deadline:
-            _skip(rows, "step vs backbone", case.name, "part budget spent")
+            _skip(rows, "step vs backbone", f"{case.name} step", "part budget spent")
             continue
-        device = torch.device(case.device)
-        found = {}
+        device, key = torch.device(case.device), replace(case, veu_impl="streaming")
 
-        def backbone(case=case) -> tuple[float, int | None, str]:
-            found["backbone"], peak, _ = _measure(build_backbone_passes(case), device, reps)
-            return found["backbone"], peak, "two-view backbone forward + backward"
+        def backbone(case=case, key=key) -> tuple[float, int | None, str]:
+            backbone_seconds[key], peak, _ = _measure(build_backbone_passes(case), device, reps)
+            return backbone_seconds[key], peak, "two-view backbone forward + backward"
 
-        def step(case=case) -> tuple[float, int | None, str]:
+        def step(case=case, key=key) -> tuple[float, int | None, str]:
             seconds, peak, output = _measure(build_step(case), device, reps)
-            ratio = f", {seconds / found['backbone']:.2f}x the backbone" if "backbone" in found else ""
+            ratio = f", {seconds / backbone_seconds[key]:.2f}x the backbone" if key in backbone_seconds else ""
             return seconds, peak, f"loss {float(output['loss']):.3f}{ratio}, 1e5 its {gpu_hours(seconds):.1f} h"
 
-        if case.veu_impl == "streaming":
-            _case(rows, "step vs backbone", f"{case.name} backbone alone", backbone)
+        if key not in backbone_seconds:
+            _case(rows, "step vs backbone", f"{key.name} backbone alone", backbone)
         _case(rows, "step vs backbone", f"{case.name} step", step)
 
 
@@ -372,17 +376,18 @@ def check_breakdown(rows: list, cases: list[StepCase], budget: float, steps: int
             rows.append([part, name, "ok", seconds, None, f"{seconds / busy:.0%} (forward {t['forward'] / 1e6 / steps:.3f}"
                          f" s, backward {t['backward'] / 1e6 / steps:.3f} s)"])  # fmt: skip
         kind = "GPU" if case.device == "cuda" else "CPU"
-        rows.append([part, f"profiled {kind} time vs wall", "ok", busy, None,
-                     f"{kind} busy {busy / (wall / steps):.0%} of the {wall / steps:.3f} s wall step (under the profiler)"])  # fmt: skip
+        share = f"{kind} busy {busy / (wall / steps):.0%} of the {wall / steps:.3f} s wall step (under the profiler)"
+        rows.append([part, f"profiled {kind} time vs wall", "ok", busy, None, share])
 
 
-def check_veu(rows: list, device: torch.device, budget: float, sizes: tuple[tuple[int, int, int], ...]) -> None:
-    """Every implementation of ``VectorEmbeddingUnit`` (``IMPLEMENTATIONS``: reference, streaming and any other)."""
+def check_veu(rows: list, device: torch.device, budget: float, sizes: tuple[tuple[int, int, int], ...],
+              impls: list[str]) -> None:
+    """The VEU alone, forward + backward, per implementation (the warm-up call compiles the fused one)."""
     from cover3d.networks.blocks.veu import VectorEmbeddingUnit
 
     deadline = time.perf_counter() + budget
     for size, channels, radius in sizes:
-        for impl in VectorEmbeddingUnit.IMPLEMENTATIONS:
+        for impl in impls:
             case = f"{size}^3 C={channels} J={max(channels // 8, 1)} r={radius} {impl}"
             if time.perf_counter() > deadline:
                 _skip(rows, "VEU fwd+bwd", case, "part budget spent")
@@ -456,7 +461,8 @@ def summarize(rows: list, target: StepCase) -> None:
     """Rows ``summary``: issue 28's targets at ``target`` (96^3 batch 2 bf16) and the projection of the fastest
     measured setting at that size."""
     plain, fp32 = target.name, replace(target, dtype="fp32").name
-    step, backbone = _ok_seconds(rows, "step vs backbone", f"{plain} step"), _ok_seconds(rows, "step vs backbone", f"{plain} backbone alone")
+    step = _ok_seconds(rows, "step vs backbone", f"{plain} step")
+    backbone = _ok_seconds(rows, "step vs backbone", f"{plain} backbone alone")
     if step and backbone:
         ratio = step / backbone
         rows.append(["summary", f"step / backbone, {plain}", "met" if ratio <= 1.3 else "not met", step, None,
@@ -508,15 +514,17 @@ class Plan:
     compile_cases: int  # how many of (bf16, bf16 channels-last, fp32) to compile
     reps: int
     veu_sizes: tuple[tuple[int, int, int], ...]
+    veu_impls: tuple[str, ...] | None  # None: every VectorEmbeddingUnit.IMPLEMENTATIONS (the fused one where present)
     pair_volume: int
     pair_patch: int
     with_tests_and_run: bool
 
 
-GPU_PLAN = Plan("cuda", [(96, 2), (96, 1), (96, 4), (128, 2), (128, 1), (128, 4)], WIDTHS, (2, 2, 2, 1, 1), "inductor", 3, 3,
-                ((64, 32, 2), (96, 8, 2), (128, 8, 1)), 200, 96, True)  # fmt: skip
+GPU_PLAN = Plan("cuda", [(96, 2), (96, 1), (96, 4), (128, 2), (128, 1), (128, 4)], WIDTHS, (2, 2, 2, 1, 1), "inductor", 3, 2,
+                ((64, 32, 2), (96, 8, 2), (128, 8, 1)), None, 200, 96, True)  # fmt: skip
 # the smoke plan compiles with TorchDynamo alone ("eager" backend): the child-process path, cheaply
-SMOKE_PLAN = Plan("cpu", [(32, 1)], (8, 8, 8, 8, 8), (1, 1, 1, 1, 1), "eager", 1, 1, ((16, 8, 1),), 48, 32, False)
+SMOKE_PLAN = Plan("cpu", [(32, 1)], (8, 8, 8, 8, 8), (1, 1, 1, 1, 1), "eager", 1, 1, ((16, 8, 1),),
+                  ("reference", "streaming"), 48, 32, False)  # fmt: skip
 
 
 def run_checks(plan: Plan, budget_s: float) -> list:
@@ -528,13 +536,15 @@ def run_checks(plan: Plan, budget_s: float) -> list:
         check_tests(rows, BUDGETS["tests"] * scale)
     from cover3d.networks.blocks.veu import VectorEmbeddingUnit
 
-    check_steps(rows, step_cases(plan.sizes, base, list(VectorEmbeddingUnit.IMPLEMENTATIONS)), BUDGETS["step"] * scale, plan.reps)
+    impls = list(plan.veu_impls or VectorEmbeddingUnit.IMPLEMENTATIONS)
+    check_steps(rows, step_cases(plan.sizes, base, impls), BUDGETS["step"] * scale, plan.reps)
     compiled = [replace(base, compile=plan.compile_backend, dtype=d, channels_last=cl)
                 for d, cl in (("bf16", False), ("bf16", True), ("fp32", False))][: plan.compile_cases]  # fmt: skip
+    compiled += [replace(compiled[0], veu_impl=v) for v in impls if v not in ("streaming", "reference")]
     check_compile(rows, compiled, BUDGETS["compile"] * scale, plan.reps)
     profiled = list(dict.fromkeys([base, replace(base, dtype="fp32"), replace(base, patch=plan.sizes[-1][0])]))
     check_breakdown(rows, profiled, BUDGETS["breakdown"] * scale)
-    check_veu(rows, device, BUDGETS["veu"] * scale, plan.veu_sizes)
+    check_veu(rows, device, BUDGETS["veu"] * scale, plan.veu_sizes, impls)
     check_pairs(rows, device, BUDGETS["pairs"] * scale, plan.pair_volume, plan.pair_patch)
     if plan.with_tests_and_run:
         remaining = budget_s - (time.perf_counter() - start)
@@ -545,7 +555,8 @@ def run_checks(plan: Plan, budget_s: float) -> list:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-s", type=float, default=470.0, help="total seconds (parts scale to fit)")
+    parser.add_argument("--budget-s", type=float, default=430.0,
+                        help="total seconds (parts scale to fit; each part's last case may overrun it by seconds)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where the JSON / CSV go (default benchmarks/results; with --smoke: nowhere)")
     parser.add_argument("--smoke", action="store_true", help="every code path on the CPU at tiny sizes (for tests)")

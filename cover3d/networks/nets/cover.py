@@ -31,7 +31,7 @@ class CoverNet(nn.Module):
         checkpoint_backbone: run the backbone once per view under ``torch.utils.checkpoint`` (non-reentrant): only
             the returned features are stored and each view's activations are recomputed in the backward pass, so
             the two views' activations are never held together (one more backbone forward per view). Measured at
-            96^3 (widths 32-512, CPU): extra peak memory 0.62x of the plain step for 1.08x its CPU time
+            96^3 (widths 32-512, CPU): extra peak memory 0.65x of the plain step for 1.29x its CPU time
             (``benchmarks/pretraining_step.py``).
         projection_gain: initial scale of the pyramid projections' GroupNorm (see :class:`VectorPyramid`).
         backbone: another backbone module to use instead of the ``UNetBackbone`` built from ``channels`` and
