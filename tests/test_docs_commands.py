@@ -508,6 +508,8 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node0.example.org:29400 --rdzv_id "
     "cover_ct_run1 -m monai.bundle run --config_file \"['bundles/cover_ct/train.json','bundles/cover_ct/multi_gpu_train.json']\" "
     "--store /shared/cover_ct_store --batch_size 2": covered_by("tests/test_multinode.py::test_two_nodes_draw_different_samples_and_write_one_checkpoint_set"),
+    # (an 8-minute CUDA run; on a CPU it prints one line; its smoke mode runs its code paths)
+    "python benchmarks/gpu_check.py": covered_by("tests/test_gpu_check.py::test_smoke_mode_runs_every_part_on_the_cpu"),
     # docs/troubleshooting.md
     "python -m monai.bundle run --config_file bundles/cover_mri/train.json --resume false": one_line_error,
 }

@@ -39,6 +39,8 @@ CASES = [
     (CT, "amp_dtype", "float64", {}),
     (CT, "veu", "flash", {}),
     (MRI, "veu", "fused", {"device": "cpu"}),  # the fused VEU's backward needs CUDA
+    (CT, "compile", "yes", {}),
+    (MRI, "channels_last", "true", {}),
     (CT, "pixdim", [2.5, 2.5], {}),
     (CT, "channels", [8, 16, 32, 64], {}),
     (CT, "num_workers", -1, {}),

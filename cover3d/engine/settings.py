@@ -277,6 +277,8 @@ SETTING_RULES: dict[str, Rule] = {
     "device": device,
     "amp": require_bool,
     "amp_dtype": one_of("float16", "bfloat16"),
+    "compile": require_bool,
+    "channels_last": require_bool,
     "num_workers": _COUNT,
     "num_threads": _POSITIVE,
     "cache_rate": _FRACTION,

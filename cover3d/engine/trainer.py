@@ -9,7 +9,9 @@ from collections.abc import Mapping
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.data import MetaTensor
 from monai.utils import CommonKeys as Keys
+from torch.profiler import record_function
 
 from cover3d.metrics import endpoint_error
 
@@ -64,7 +66,11 @@ class CoverTrainer(SupervisedTrainer):
 
     Extra args: ``clip_grad_norm`` (max gradient norm over the optimizer's parameters, so heads owned by the loss
     are clipped too; ``None`` to disable). Uses the parent's ``amp`` and ``amp_kwargs`` (autocast on the network's
-    device type; gradient scaling on CUDA). ``prepare_batch`` defaults to :func:`prepare_pair_batch`. Iteration
+    device type; gradient scaling on CUDA), ``compile`` and ``compile_kwargs`` (``torch.compile`` of the network;
+    the loss and the optimizer step stay eager) and ``to_kwargs`` (e.g. ``{"memory_format":
+    torch.channels_last_3d}`` for channels-last inputs). ``prepare_batch`` defaults to :func:`prepare_pair_batch`.
+    The iteration's parts are ``torch.profiler`` ranges ``cover3d.loss``, ``cover3d.backward`` and
+    ``cover3d.optimizer`` (the network adds its own; ``benchmarks/gpu_check.py`` reads them). Iteration
     output: ``image`` (the stacked views), ``label`` (true field), ``pred`` (predicted field, detached),
     ``features`` (view b's full-resolution backbone features ``(B, C, *S)``, detached, for
     :class:`~cover3d.engine.RepresentationHealth`), every loss term, ``loss``, ``epe`` and ``epe_identity`` (mean
@@ -88,25 +94,30 @@ class CoverTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         device_type = inputs.device.type
+        # as SupervisedTrainer(compile=True) does: the compiled network gets a plain tensor (no MetaTensor)
+        network_inputs = inputs.as_tensor() if engine.compile and isinstance(inputs, MetaTensor) else inputs
         with torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):
-            output = engine.network(inputs)
+            output = engine.network(network_inputs)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             kwargs = loss_inputs(engine.loss_function, batchdata, ddf, mask, inputs.device, engine.non_blocking)
-            terms = engine.loss_function(output, **kwargs)
+            with record_function("cover3d.loss"):
+                terms = engine.loss_function(output, **kwargs)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
         scaler = engine.scaler if engine.amp else None
-        (scaler.scale(terms["loss"]) if scaler is not None else terms["loss"]).backward()
+        with record_function("cover3d.backward"):
+            (scaler.scale(terms["loss"]) if scaler is not None else terms["loss"]).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        if scaler is not None:
-            scaler.unscale_(engine.optimizer)
-        if self.clip_grad_norm is not None:
-            params = [p for group in engine.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        if scaler is not None:
-            scaler.step(engine.optimizer)
-            scaler.update()
-        else:
-            engine.optimizer.step()
+        with record_function("cover3d.optimizer"):
+            if scaler is not None:
+                scaler.unscale_(engine.optimizer)
+            if self.clip_grad_norm is not None:
+                params = [p for group in engine.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            if scaler is not None:
+                scaler.step(engine.optimizer)
+                scaler.update()
+            else:
+                engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
         pred = output["ddf"].detach()

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiffusionLoss
 from torch import nn
+from torch.profiler import record_function
 
 from cover3d.fields import downsample_field, warp
 
@@ -61,7 +62,8 @@ class ContrastiveLoss(nn.Module):
     def forward(
         self, features_a: torch.Tensor, features_b: torch.Tensor, ddf: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        aligned, features_b = warp(features_a.float(), ddf), features_b.float()
+        with record_function("cover3d.loss.warp"):  # a torch.profiler range (benchmarks/gpu_check.py)
+            aligned, features_b = warp(features_a.float(), ddf), features_b.float()
         if self.centred:
             aligned, features_b = spatially_centred(aligned, mask), spatially_centred(features_b, mask)
         cos = F.cosine_similarity(features_b, aligned, dim=1, eps=1e-6).unsqueeze(1)

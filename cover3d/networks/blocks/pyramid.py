@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from monai.utils import ensure_tuple_rep
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
 from cover3d.fields import compose_fields, upsample_field, warp
@@ -91,11 +92,19 @@ class VectorPyramid(nn.Module):
     def _level(
         self, level: int, feature_a: torch.Tensor, feature_b: torch.Tensor, coarser: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Field at ``level`` from both views' features and the next coarser level's field (None at level 0)."""
-        unit = self.units[level]
-        key, query = self.projections[level](feature_a), self.projections[level](feature_b)
+        """Field at ``level`` from both views' features and the next coarser level's field (None at level 0).
+        Its parts are ``torch.profiler`` ranges ``cover3d.level<L>.{projection,warp,veu}`` (benchmarks/gpu_check.py)."""
+        unit, name = self.units[level], f"cover3d.level{level}"
+        with record_function(f"{name}.projection"):
+            key, query = self.projections[level](feature_a), self.projections[level](feature_b)
+        if coarser is not None:
+            with record_function(f"{name}.warp"):
+                psi_up = upsample_field(coarser, 2)
+                # warp in float32: under autocast the features may be bf16/fp16 and warp() casts the field to their dtype
+                key = warp(key.float(), psi_up)
+        with record_function(f"{name}.veu"):
+            residual = unit(query, key)
         if coarser is None:
-            return unit(query, key)
-        psi_up = upsample_field(coarser, 2)
-        # warp in float32: under autocast the features may be bf16/fp16 and warp() casts the field to their dtype
-        return compose_fields(psi_up, unit(query, warp(key.float(), psi_up)))
+            return residual
+        with record_function(f"{name}.warp"):
+            return compose_fields(psi_up, residual)

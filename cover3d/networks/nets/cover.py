@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
 from cover3d.networks.blocks.pyramid import VectorPyramid
@@ -31,7 +32,7 @@ class CoverNet(nn.Module):
         checkpoint_backbone: run the backbone once per view under ``torch.utils.checkpoint`` (non-reentrant): only
             the returned features are stored and each view's activations are recomputed in the backward pass, so
             the two views' activations are never held together (one more backbone forward per view). Measured at
-            96^3 (widths 32-512, CPU): extra peak memory 0.62x of the plain step for 1.08x its CPU time
+            96^3 (widths 32-512, CPU): extra peak memory 0.65x of the plain step for 1.29x its CPU time
             (``benchmarks/pretraining_step.py``).
         projection_gain: initial scale of the pyramid projections' GroupNorm (see :class:`VectorPyramid`).
         backbone: another backbone module to use instead of the ``UNetBackbone`` built from ``channels`` and
@@ -78,13 +79,14 @@ class CoverNet(nn.Module):
         if x.ndim != 5 or x.shape[1] != 2 * self.in_channels:
             raise ValueError(f"CoverNet expects (B, {2 * self.in_channels}, D, H, W) = [view a, view b], got {tuple(x.shape)}")
         view_a, view_b = x.split(self.in_channels, dim=1)
-        if self.checkpoint_backbone and torch.is_grad_enabled():
-            features_a = checkpoint(self.backbone, view_a, use_reentrant=False)
-            features_b = checkpoint(self.backbone, view_b, use_reentrant=False)
-        else:
-            features = self.backbone(torch.cat([view_a, view_b], dim=0))  # one siamese pass over both views
-            features_a = [f[: x.shape[0]] for f in features]
-            features_b = [f[x.shape[0] :] for f in features]
+        with record_function("cover3d.backbone"):  # a torch.profiler range (benchmarks/gpu_check.py); ~1 us otherwise
+            if self.checkpoint_backbone and torch.is_grad_enabled():
+                features_a = checkpoint(self.backbone, view_a, use_reentrant=False)
+                features_b = checkpoint(self.backbone, view_b, use_reentrant=False)
+            else:
+                features = self.backbone(torch.cat([view_a, view_b], dim=0))  # one siamese pass over both views
+                features_a = [f[: x.shape[0]] for f in features]
+                features_b = [f[x.shape[0] :] for f in features]
         level_ddfs = self.pyramid(features_a, features_b)
         if not self.training:
             return level_ddfs[-1]
