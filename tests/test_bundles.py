@@ -15,6 +15,7 @@ import torch
 
 from cover3d.engine import locate_bundle
 from cover3d.networks import CoverNet
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 NET = ["--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"]
@@ -24,9 +25,7 @@ TINY = ["--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs"
 
 
 def bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True
-    )
+    result = run_module("monai.bundle", args, cwd=cwd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

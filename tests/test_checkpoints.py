@@ -33,6 +33,7 @@ from cover3d.engine import (
     require_bool,
 )
 from cover3d.engine.checkpoints import prune_checkpoints, remove_orphan_temporaries, save_atomic
+from python_command import run_module
 
 EPOCH_LENGTH = 4
 
@@ -400,13 +401,15 @@ def test_bundle_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
                 "--validation_pairs", "1", "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]",
                 "--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]", "--learning_rate", "0.01"]  # fmt: skip
 
-    def command(folder):
-        return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *settings,
-                "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "runs")]  # fmt: skip
+    def arguments(folder):
+        return ["run", "--config_file", str(config), *settings, "--ckpt_dir", str(folder / "models"),
+                "--output_dir", str(folder / "runs")]  # fmt: skip
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True, env=env)
-    victim = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    whole = run_module("monai.bundle", arguments(tmp_path / "whole"), cwd=tmp_path, env=env)
+    assert whole.returncode == 0, (whole.stdout + whole.stderr)[-3000:]
+    victim = subprocess.Popen([sys.executable, "-m", "monai.bundle", *arguments(tmp_path / "killed")],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     killed = tmp_path / "killed" / "models"
     # no deadline: the wait ends at the 4th checkpoint (or a newer one, should a loaded machine delay this loop past
     # its pruning) or when the run itself ends
@@ -416,7 +419,7 @@ def test_bundle_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     victim.wait()
     done = max(int(p.stem.split("_")[1]) for p in list_checkpoints(killed))
     assert 4 <= done < 12  # killed mid-run
-    resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True, env=env)
+    resumed = run_module("monai.bundle", arguments(tmp_path / "killed"), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]  # the lock died with the process
     assert f"checkpoint_{done}.pt: iteration {done} of 12" in resumed.stdout + resumed.stderr
     whole = torch.load(tmp_path / "whole" / "models" / "model.pt", weights_only=True)
@@ -437,8 +440,7 @@ def test_refused_bundle_runs_leave_the_first_runs_folder_unchanged(tmp_path):
 
     def bundle(*extra):
         config = str(repo / "bundles" / "cover_ct" / "train.json")
-        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *settings, *extra]
-        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+        return run_module("monai.bundle", ["run", "--config_file", config, *settings, *extra], cwd=tmp_path, env=env)
 
     first = bundle("--channels", "[4,8,8,16,16]")
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]

@@ -4,7 +4,9 @@
 it is tested: run from the repository root with cheap overrides appended (few iterations, small patches, outputs in a
 temporary folder: nothing in the repository is written, which each run checks), run expecting the one-line error the
 docs show, checked against the entry point's ``--help`` (multi-hour protocols), or named test that runs it. A command
-in the docs without an entry fails, and so does an entry whose command left the docs. Paths a user replaces
+in the docs without an entry fails, and so does an entry whose command left the docs. A plain ``python -m`` command
+runs in a fork of an interpreter that has imported torch and MONAI (``tests/python_command.py``: the same module and
+words, without paying the start-up each time); any other command in bash. Paths a user replaces
 (``/data/my_mri`` ...) point at small folders made from the embedded sample; commands whose data is the research data
 ``../shared/data`` skip when it is absent.
 """
@@ -28,6 +30,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -75,11 +79,17 @@ class Workspace:
         return re.sub(r"(?<![\w/])data_lists/my_", f"{self.root}/data_lists/my_", command)
 
     def run(self, command: str, overrides: str = "", expect_ok: bool = True) -> subprocess.CompletedProcess:
-        """``command`` (localised) with ``overrides`` appended, from the repository root; nothing in it may change."""
+        """``command`` (localised) with ``overrides`` appended, from the repository root; nothing in it may change.
+        A plain ``python -m`` line runs in a fork of :mod:`python_command`'s zygote (the words bash would pass),
+        any other line in bash."""
         before = repository_files()
         line = f"{self.localise(command)} {overrides}".strip()
-        result = subprocess.run(["bash", "-c", line], cwd=REPO, env=self.env, capture_output=True, text=True,
-                                timeout=HANG_GUARD_S)  # fmt: skip
+        words = None if re.search(r"[|&;<>$`*?(){}~\\]", line) else shlex.split(line)
+        if words and words[:2] == ["python", "-m"]:
+            result = run_module(words[2], words[3:], cwd=REPO, env=self.env, timeout=HANG_GUARD_S)
+        else:
+            result = subprocess.run(["bash", "-c", line], cwd=REPO, env=self.env, capture_output=True, text=True,
+                                    timeout=HANG_GUARD_S)  # fmt: skip
         output = result.stdout + result.stderr
         if expect_ok:
             assert result.returncode == 0, f"{line}\n{output[-4000:]}"

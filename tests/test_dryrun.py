@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cover3d.dryrun import dry_run
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 MRI = str(REPO / "bundles" / "cover_mri" / "train.json")
@@ -87,11 +88,8 @@ def test_cli_warns_about_too_small_a_reach_and_a_patch_bigger_than_the_volume(tw
     strong = "$c3t.RandDeformationField(translate_range=36.0)"
     overrides = ["--pair_transform#deformation", strong, "--patch_size", "[64,64,64]", "--context_size", "[96,96,96]",
                  "--channels", "[4,8,8,16,16]", "--groups", "[2,2,2,1,1]"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "cover3d.dryrun", "--config_file", MRI, "--datalist", two_mri_volumes,
-         "--dryrun_volumes", "2", "--dryrun_steps", "0", *overrides],
-        capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
+    result = run_module("cover3d.dryrun", ["--config_file", MRI, "--datalist", two_mri_volumes, "--dryrun_volumes", "2",
+                                           "--dryrun_steps", "0", *overrides], cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING:")]
     assert any("pyramid's reach of 31 voxels" in w for w in warnings), result.stdout

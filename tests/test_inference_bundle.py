@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from monai.bundle import ConfigParser
 
 from cover3d.data.field_io import read_displacement_field
 from cover3d.networks import CoverNet
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS, GROUPS = (4, 8, 8, 16, 16), (2, 2, 2, 1, 1)
@@ -34,9 +34,8 @@ def tiny_weights(folder: Path) -> str:
 
 
 def run_inference(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs(name), *NET,
-               "--pixdim", f"[{PIXDIM},{PIXDIM},{PIXDIM}]", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    arguments = ["run", "--config_file", configs(name), *NET, "--pixdim", f"[{PIXDIM},{PIXDIM},{PIXDIM}]", *args]
+    return run_module("monai.bundle", arguments, cwd=cwd)
 
 
 def itk_resampled(moving: Path, field: Path) -> np.ndarray:

@@ -20,6 +20,7 @@ from cover3d.protocols.bundle_runs import parse_assignments
 from cover3d.protocols.subsets import nested_subset, read_pool, subset_sizes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from python_command import run_module  # noqa: E402
 from test_seg_bundle import TINY_CHANNELS, make_pool_and_test_lists  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     torch.save(CoverNet(1, TINY_CHANNELS).state_dict(), weights)
     output = tmp_path / "results"
     command = [
-        sys.executable, "-m", "cover3d.protocols.label_efficiency", "--dataset-dir", str(data),
+        "--dataset-dir", str(data),
         "--pool", str(data / "pool.json"), "--test", str(data / "test.json"), "--pretrained-weights", str(weights),
         "--sizes", "1", "all", "--seeds", "0", "--overlay", "--epochs", "3", "--iterations-per-epoch", "16",
         "--set", "pixdim=[2,2,2]", "patch_size=[32,32,16]", f"channels={json.dumps(TINY_CHANNELS)}",
@@ -78,7 +79,7 @@ def test_tiny_protocol_runs_and_resumes(tmp_path):
     ]
 
     def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*command, *extra], cwd=tmp_path, capture_output=True, text=True)
+        return run_module("cover3d.protocols.label_efficiency", [*command, *extra], cwd=tmp_path)
 
     first = run("scratch")  # one invocation per mode (one per core), both filling the same protocol
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cover3d.errors import InputValueError
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cover_mri"
@@ -220,8 +221,7 @@ def test_pretraining_bundle_runs_with_the_nnunet_backbone(name, tmp_path):
     tiny = ["--epochs", "1", "--iterations_per_epoch", "2", "--batch_size", "1", "--validation_pairs", "1",
             "--patch_size", "[32,32,32]", "--context_size", "[48,48,48]", "--channels", "[4,8,8,16,16]",
             "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs, *tiny],
-                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    result = run_module("monai.bundle", ["run", "--config_file", configs, *tiny], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "val_epe" in result.stdout + result.stderr
     metadata = json.loads((tmp_path / "models" / "metadata.json").read_text())["pretraining"]

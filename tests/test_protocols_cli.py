@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
 from cover3d.errors import InputValueError
 from cover3d.protocols import feature_probe, label_efficiency, pretext_comparison
+from python_command import run_module
 
 PROTOCOLS = {"label_efficiency": label_efficiency, "feature_probe": feature_probe,
              "pretext_comparison": pretext_comparison}  # fmt: skip
@@ -27,8 +27,7 @@ def options(parser: argparse.ArgumentParser) -> dict[str, str | None]:
 def test_help_runs_and_explains_every_option(name):
     described = options(PROTOCOLS[name].argument_parser())
     assert [option for option, text in described.items() if not text or text == argparse.SUPPRESS] == []
-    result = subprocess.run([sys.executable, "-m", f"cover3d.protocols.{name}", "--help"], capture_output=True,
-                            text=True)  # fmt: skip
+    result = run_module(f"cover3d.protocols.{name}", ["--help"], cwd=Path.cwd())
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"usage: python -m cover3d.protocols.{name}")
     assert [option for option in described if option not in result.stdout] == []

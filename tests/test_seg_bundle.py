@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +16,7 @@ import torch
 
 from cover3d.networks.nets.cover import CoverNet
 from cover3d.networks.nets.segmentation import CoverSegNet
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cover_seg"
@@ -65,8 +64,7 @@ def copy_bundle(destination: Path) -> Path:
 
 def run_bundle(config: Path, cwd: Path, *overrides: str) -> str:
     """``python -m monai.bundle run`` as a user runs it; returns stdout+stderr, fails the test on a non-zero exit."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), *overrides]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    result = run_module("monai.bundle", ["run", "--config_file", str(config), *overrides], cwd=cwd)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -168,8 +166,7 @@ def test_verify_and_torchscript_export_by_trace(tmp_path):
     export = ["ckpt_export", "network_def", *common, "--ckpt_file", str(weights), "--filepath",
               str(tmp_path / "model.ts"), "--use_trace", "True", "--input_shape", "[1, 1, 48, 48, 32]"]  # fmt: skip
     for command in (["verify_net_in_out", "network_def", *common], export):
-        result = subprocess.run([sys.executable, "-m", "monai.bundle", *command], cwd=tmp_path, capture_output=True,
-                                text=True)  # fmt: skip
+        result = run_module("monai.bundle", command, cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     traced = torch.jit.load(str(tmp_path / "model.ts"))
     for shape in ((1, 1, 48, 48, 32), (1, 1, 32, 64, 16)):
@@ -249,8 +246,7 @@ def test_inference_on_one_volume_logs_what_it_loads_and_writes_and_never_overwri
     assert [p.name for p in out.iterdir()] == [written.name]
 
     before = written.stat().st_mtime_ns
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "inference.json"), *args]
-    refused = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    refused = run_module("monai.bundle", ["run", "--config_file", str(BUNDLE / "inference.json"), *args], cwd=tmp_path)
     assert refused.returncode != 0
     assert (refused.stdout + refused.stderr).strip().splitlines()[-1] == (
         f"output {written} already exists: pass --overwrite True to replace it, or another --output_dir"
@@ -268,9 +264,9 @@ def test_bad_input_fails_before_training(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((40, 36, 19), np.uint8), AFFINE), bad)  # one slice short
     (data / "datalist.json").write_text(json.dumps({"training": entries[:1], "validation": entries[1:]}))
     bundle = copy_bundle(tmp_path / "bundles")
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "train.json"),
-               "--dataset_dir", str(data), "--datalist", str(data / "datalist.json"), *TINY]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    arguments = ["run", "--config_file", str(bundle / "train.json"), "--dataset_dir", str(data), "--datalist",
+                 str(data / "datalist.json"), *TINY]  # fmt: skip
+    result = run_module("monai.bundle", arguments, cwd=tmp_path)
     assert result.returncode != 0
     assert str(bad) in result.stdout + result.stderr and "spatial shape" in result.stdout + result.stderr
     assert not (bundle / "models").exists()

@@ -6,15 +6,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from cover3d.engine.settings import SETTING_RULES, check_settings, device, integer, number, numbers, path, spatial_size
+from cover3d.engine.settings import (
+    SETTING_RULES,
+    check_settings,
+    device,
+    fields,
+    file_name_part,
+    integer,
+    number,
+    numbers,
+    optional,
+    path,
+    spatial_size,
+    word,
+)
 from cover3d.errors import InputFileNotFoundError, InputValueError, excepthook
+from python_command import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 CT, MRI, SEG = (["bundles/cover_ct/train.json"], ["bundles/cover_mri/train.json"], ["bundles/cover_seg/train.json"])
@@ -59,6 +72,11 @@ CASES = [
     (MRI, "log_interval", 0, {}),
     (MRI, "num_threads", 0, {}),
     (MRI, "checkpoint_interval", "often", {}),
+    (CT, "radii", [1, 1, 1, 1], {}),
+    (MRI, "groups", [4, 4, 4, 1, 0], {}),
+    (CT, "loss_weights#con_weight", -1, {}),
+    (MRI, "loss_weights#level_weights", [1.0, 1.0], {}),
+    (MRI, "loss_weights#con_centred", "no", {}),
     (SEG, "patch_size", [40, 48, 32], {}),
     (SEG, "freeze_backbone", "yes", {}),
     (SEG, "pretrained_weights", "<tmp>/no_such_weights.pt", {}),
@@ -67,10 +85,16 @@ CASES = [
     (SEG, "num_classes", 1, {}),
     (SEG, "min_loaded_fraction", 0, {}),
     (SEG, "infer_roi_size", [48, 48, 40], {}),
+    (SEG, "train_key", "", {}),
+    (SEG, "val_key", 3, {}),
     (SEG_EVALUATE, "weights", "<tmp>/no_such_model.pt", {}),
     (SEG_EVALUATE, "infer_roi_size", [40, 40, 40], {}),
+    (SEG_EVALUATE, "eval_key", None, {}),
     (SEG_INFERENCE, "device", "gpu", {}),
+    (SEG_INFERENCE, "infer_key", "", {}),
+    (SEG_INFERENCE, "output_postfix", "../seg", {}),
     (CT_EVALUATE, "eval_pairs", 0, {}),
+    (CT_EVALUATE, "eval_datalist_key", "", {}),
     (MRI_INFERENCE, "image_a", "<tmp>/no_such_volume.nii.gz", {}),
     (MRI_INFERENCE, "deformation_seed", "x", {}),
 ]
@@ -147,10 +171,10 @@ def test_the_bundle_command_ends_with_the_settings_line(setting, value, tmp_path
     typed = COMMAND_LINE[(setting, value)]
     overrides = [f"--{k}={v}" for k, v in _overrides(files, tmp_path).items()]
     config = files[0] if len(files) == 1 else str(files).replace(" ", "")
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides, f"--{setting}", typed]
+    arguments = ["run", "--config_file", config, *overrides, f"--{setting}", typed]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("COVER3D_TRACEBACK", None)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    result = run_module("monai.bundle", arguments, cwd=REPO, env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and lines, result.stderr[-3000:]
     shown = value if isinstance(value, str) else list(value)
@@ -197,6 +221,24 @@ def test_rules_accept_and_refuse(rule, good, bad):
     for value in bad:
         with pytest.raises(InputValueError, match=r"^setting '?x'? "):
             rule(value, "x")
+
+
+def test_text_rules_and_a_dict_of_rules_name_the_key_as_the_command_line_does():
+    word("validation", "train_key")
+    file_name_part("seg_v2", "output_postfix")
+    for rule, value in ((word, ""), (word, " "), (word, 3), (file_name_part, "a/b"), (file_name_part, None)):
+        with pytest.raises(InputValueError, match="^setting 'x' must be "):
+            rule(value, "x")
+    weights = fields(vec_weight=number(0), level_weights=optional(numbers(4, number(0))))
+    weights({"vec_weight": 1, "level_weights": None}, "loss_weights")
+    weights({"vec_weight": 0.0, "level_weights": [1, 1, 0.5, 0]}, "loss_weights")
+    for value, named in (({"vec_weight": -1, "level_weights": None}, "'loss_weights#vec_weight' must be a number >= 0"),
+                         ({"vec_weight": 1, "level_weights": [1]}, "'loss_weights#level_weights' must be a list of 4"),
+                         ({"vec_weight": 1}, "'loss_weights' must be a dict of vec_weight"),
+                         ({"vec_weight": 1, "level_weights": None, "other": 1}, "'loss_weights' must be a dict of"),
+                         ([1.0], "'loss_weights' must be a dict of")):  # fmt: skip
+        with pytest.raises(InputValueError, match=f"^setting {re.escape(named)}"):
+            weights(value, "loss_weights")
 
 
 def test_device_rule_accepts_this_machines_devices_as_strings_or_torch_devices():
@@ -253,8 +295,7 @@ def test_an_overlay_run_alone_ends_with_the_command_that_works(overlay):
     with "@seed is not defined" under a long traceback; now the last line gives the two-file command."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("COVER3D_TRACEBACK", None)
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", overlay], cwd=REPO,
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    result = run_module("monai.bundle", ["run", "--config_file", overlay], cwd=REPO, env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     folder = Path(overlay).parent
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]

@@ -28,6 +28,8 @@ __all__ = [
     "default_num_threads",
     "default_num_workers",
     "device",
+    "fields",
+    "file_name_part",
     "integer",
     "number",
     "numbers",
@@ -38,6 +40,7 @@ __all__ = [
     "set_num_threads",
     "spatial_size",
     "store_folder",
+    "word",
 ]
 
 # a rule checks ``value`` of the setting ``name`` and raises an InputError naming both; ``rule.allowed`` says what
@@ -140,6 +143,35 @@ def one_of(*choices: str) -> Rule:
     return rule
 
 
+@_rule("a non-empty string")
+def word(value: object, name: str) -> None:
+    """A non-empty string, e.g. the name of a list in a datalist."""
+    if not isinstance(value, str) or not value.strip():
+        _refuse(name, value, "a non-empty string")
+
+
+@_rule("a string without '/' (part of a file name)")
+def file_name_part(value: object, name: str) -> None:
+    """A string that can be part of a file name (no folder separator)."""
+    if not isinstance(value, str) or "/" in value or os.sep in value:
+        _refuse(name, value, "a string without '/' (part of a file name)")
+
+
+def fields(**rules: Rule) -> Rule:
+    """A dict with exactly the keys of ``rules``, each value accepted by its rule under the name
+    ``<setting>#<key>``, as the command line addresses it (``--loss_weights#con_weight 0.5``)."""
+    allowed = "a dict of " + ", ".join(f"{key} ({rule.allowed})" for key, rule in rules.items())
+
+    @_rule(allowed)
+    def rule(value: object, name: str) -> None:
+        if not isinstance(value, dict) or set(value) != set(rules):
+            _refuse(name, value, allowed)
+        for key, element in rules.items():
+            element(value[key], f"{name}#{key}")
+
+    return rule
+
+
 def optional(rule: Rule) -> Rule:
     """None, or a value ``rule`` accepts."""
 
@@ -219,6 +251,7 @@ _POSITIVE = integer(1)
 _COUNT = integer(0)
 _FRACTION = number(0, 1)
 _FILE = path("file")
+_WEIGHT = number(0)
 
 # every setting a bundle checks, by name: the same rule in every bundle
 SETTING_RULES: dict[str, Rule] = {
@@ -231,6 +264,12 @@ SETTING_RULES: dict[str, Rule] = {
     "image_a": optional(path("file or folder")),
     "image_b": optional(path("file or folder")),
     "image": optional(path("file or folder")),
+    "eval_datalist_key": word,
+    "train_key": word,
+    "val_key": word,
+    "eval_key": word,
+    "infer_key": word,
+    "output_postfix": file_name_part,
     # preprocessing and patches
     "modality": one_of("mri", "ct"),
     "pixdim": numbers(3, number(0, low_open=True)),
@@ -245,6 +284,8 @@ SETTING_RULES: dict[str, Rule] = {
     "in_channels": _POSITIVE,
     "num_classes": integer(2),
     "channels": numbers(5, _POSITIVE),
+    "radii": numbers(5, _POSITIVE),
+    "groups": numbers(5, _POSITIVE),
     "projection_gain": number(0, low_open=True),
     "veu": one_of("streaming", "fused", "reference"),
     "min_loaded_fraction": number(0, 1, low_open=True),
@@ -255,6 +296,10 @@ SETTING_RULES: dict[str, Rule] = {
     "batch_size": _POSITIVE,
     "samples_per_volume": _POSITIVE,
     "learning_rate": number(0, low_open=True),
+    "loss_weights": fields(
+        vec_weight=_WEIGHT, con_weight=_WEIGHT, level_weights=optional(numbers(4, _WEIGHT)), smooth_weight=_WEIGHT,
+        con_centred=require_bool,
+    ),
     "backbone_lr_scale": number(0),
     "warmup_iterations": _COUNT,
     "seed": _SEED,
