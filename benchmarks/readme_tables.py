@@ -67,6 +67,37 @@ def seg_convergence() -> str:
     return markdown_table(headers, rows)
 
 
+def acdc_baseline() -> str:
+    """``acdc_baseline/candidates.csv`` (benchmarks/acdc_baseline.py): ACDC scratch candidates, chosen on validation."""
+    rows = []
+    for r in csv.DictReader((RESULTS / "acdc_baseline" / "candidates.csv").open(newline="")):
+        rows.append([f"`{r['name']}`" + (" (chosen)" if r["chosen"] == "True" else ""), f"{r['voxels_mm']} mm",
+                     r["patch"], r["iterations"] if r["completed"] == "True" else f"{r['iterations']} (cut at {r['iterations_done']})",
+                     f"{float(r['train_minutes']):.1f} min" if r["train_minutes"] else "-",
+                     f"{float(r['best_val_dice']):.3f} ({r['best_val_iteration']})", f"{float(r['final_val_dice']):.3f}",
+                     f"{float(r['test_dice_best_checkpoint']):.3f}"])  # fmt: skip
+    headers = ["candidate (scratch, 100 training frames)", "voxels", "patch", "iterations", "training (1 thread)",
+               "best validation Dice (iteration)", "final validation Dice", "test Dice (best checkpoint)"]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def acdc_all_frames(folder: str) -> str:
+    """``<folder>/runs/scratch_n120_seed*/eval`` (``python -m cover3d.protocols.label_efficiency --sizes all``): scratch
+    on all 120 ACDC pool frames, per seed the test Dice (mean and per class) and HD95."""
+    rows = []
+    for run in sorted((RESULTS / folder / "runs").glob("scratch_n120_seed*")):
+        if not (run / "eval" / "metrics.csv").is_file():
+            continue
+        metrics = {r[0]: float(r[1]) for r in csv.reader((run / "eval" / "metrics.csv").open(newline=""))}
+        per_class = {r["class"]: float(r["mean"]) for r in csv.DictReader((run / "eval" / "dice_summary.csv").open(newline=""))}
+        minutes = float((run / "train_seconds.txt").read_text()) / 60
+        rows.append([run.name.rsplit("seed", 1)[1], f"{metrics['dice']:.3f}", f"{per_class['class0']:.3f}",
+                     f"{per_class['class1']:.3f}", f"{per_class['class2']:.3f}", f"{metrics['hd95_mm']:.1f} mm",
+                     f"{minutes:.1f} min"])  # fmt: skip
+    headers = ["seed", "test Dice (mean of RV, MYO, LV)", "RV", "MYO", "LV", "test HD95", "training (1 thread)"]
+    return markdown_table(headers, rows)
+
+
 def label_efficiency(folder: str, class_names: Sequence[str] = ()) -> str:
     """``<folder>/summary.csv`` and ``paired.csv`` (``python -m cover3d.protocols.label_efficiency``): per size, scratch and each
     other mode, and the paired difference with its two 95 % intervals; with ``class_names`` (multi-class data) also
@@ -173,6 +204,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "label_efficiency_acdc": partial(label_efficiency, "label_efficiency_acdc", class_names=("RV", "MYO", "LV")),
     "label_efficiency_acdc_2400its": partial(label_efficiency, "label_efficiency_acdc_2400its",
                                              class_names=("RV", "MYO", "LV")),
+    "acdc_baseline": acdc_baseline,
+    "acdc_all_frames": partial(acdc_all_frames, "label_efficiency_acdc_native"),
     "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
     "feature_probe": feature_probe_table, "store_scaling": store_scaling,
     "pretext_comparison": partial(pretext_comparison_table, "pretext_comparison"),
