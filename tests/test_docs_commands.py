@@ -36,6 +36,8 @@ from python_command import run_module
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHARED = REPO.parent / "shared" / "data"
+# one pytest-xdist worker runs the module: its module-scoped fixtures (a trained model, datalists) are made once
+pytestmark = pytest.mark.xdist_group("docs_commands")
 WATCHED = ("bundles", "data_lists", "weights", "sample_data", "notebooks", "docs")  # a documented run writes none
 HANG_GUARD_S = 3600  # far above the idle time of any run here (<= 2 min): only a hang trips it
 

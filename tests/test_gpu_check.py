@@ -80,7 +80,7 @@ def test_smoke_mode_runs_every_part_on_the_cpu(tmp_path):
     for case in ("32^3 b1 bf16", "32^3 b1 fp32", "32^3 b1 bf16 channels_last", "32^3 b1 fp32 channels_last"):
         assert status[("step vs backbone", f"{case} step")] == "ok"
         assert status[("step vs backbone", f"{case} backbone alone")] == "ok"
-    assert status[("compile", "32^3 b1 bf16 compile eager step")] == "ok", rows
+    assert status[("compile", "32^3 b1 bf16 compile eager VEU reference step")] == "ok", rows
     breakdown = {r["case"]: r for r in rows if r["part"] == "breakdown 32^3 b1 bf16"}
     assert {"backbone", "level 4 VEU", "optimizer", "profiled CPU time vs wall"} <= set(breakdown)
     assert {r["case"].rsplit(" ", 1)[1] for r in rows if r["part"] == "VEU fwd+bwd"} >= {"reference", "streaming"}

@@ -1,0 +1,23 @@
+"""Test-session set-up shared by every test file.
+
+setup.cfg runs the suite in pytest-xdist workers, one per core (at most two). A worker's torch, and every process it
+starts, gets the cores divided by the number of workers as its threads (``OMP_NUM_THREADS``, which the bundles'
+``num_threads`` default follows): on a 2-core machine, two multi-threaded torch processes were measured many times
+slower than one (docs/performance.md, "Threads on a shared CPU").
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def pytest_configure(config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:  # the controller, or a run without workers (-n 0)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
