@@ -166,6 +166,35 @@ def pretext_head_to_head(folder: str) -> str:
         return head_to_head_table(list(csv.DictReader(f)))
 
 
+def pretraining_length() -> str:
+    """``pretraining_length/`` (benchmarks/pretraining_length.py): per snapshot of the long run, its field accuracy on
+    held-out pairs and, where fine-tuned, LA pretrained - scratch Dice per labelled-set size."""
+    folder = RESULTS / "pretraining_length"
+    snapshots = sorted((p for p in (folder / "snapshots").glob("it*") if (p / "field_accuracy.json").is_file()),
+                       key=lambda p: int(p.name[2:]))  # fmt: skip
+    paired = {}
+    for path in (folder / "finetune").glob("it*/paired.csv"):
+        for r in csv.DictReader(path.open(newline="")):
+            paired[(path.parent.name, r["n_labelled"])] = r
+    sizes = sorted({n for _, n in paired} | {"2", "4"}, key=int)
+
+    def cell(snapshot: str, n: str) -> str:
+        r = paired.get((snapshot, n))
+        if r is None:
+            return "not fine-tuned yet"
+        return (f"{float(r['dice_diff_mean']):+.3f} [{float(r['dice_diff_boot95_low']):+.3f}, "
+                f"{float(r['dice_diff_boot95_high']):+.3f}]")  # fmt: skip
+
+    rows = []
+    for path in snapshots:
+        field = json.loads((path / "field_accuracy.json").read_text())
+        rows.append([f"{int(path.name[2:]):,}", f"{field['epe']:.3f} ({field['epe_identity']:.3f})",
+                     f"{field['cosine_all']:.3f}", *(cell(path.name, n) for n in sizes)])  # fmt: skip
+    headers = ["pretraining iterations", "held-out field EPE, voxels (zero field)", "feature cosine",
+               *(f"LA n = {n}: pretrained - scratch Dice [bootstrap 95 %]" for n in sizes)]  # fmt: skip
+    return markdown_table(headers, rows)
+
+
 def stored_table(name: str) -> str:
     """``<name>.json`` written by a benchmark's ``save_table`` (veu.py, pair_generation.py, ...): its table."""
     result = json.loads((RESULTS / f"{name}.json").read_text())
@@ -207,7 +236,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "acdc_baseline": acdc_baseline,
     "acdc_all_frames": partial(acdc_all_frames, "label_efficiency_acdc_native"),
     "label_efficiency_la_backbone_lr": partial(label_efficiency, "label_efficiency_la_backbone_lr0.1"),
-    "feature_probe": feature_probe_table, "store_scaling": store_scaling,
+    "feature_probe": feature_probe_table, "store_scaling": store_scaling, "pretraining_length": pretraining_length,
     "pretext_comparison": partial(pretext_comparison_table, "pretext_comparison"),
     "pretext_head_to_head": partial(pretext_head_to_head, "pretext_comparison"),
     "pretext_comparison_long": partial(pretext_comparison_table, "pretext_comparison_long"),

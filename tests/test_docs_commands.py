@@ -466,6 +466,7 @@ COMMANDS: dict[str, Callable[[str, object], None]] = {
     "../shared/data/la_mri_2018 --pool data_lists/la_mri_2018_pool.json --test data_lists/la_mri_2018_test.json":
         options_in_help,
     "python benchmarks/acdc_baseline.py --dataset-dir ../shared/data/acdc_cardiac_mri": options_in_help,
+    "python benchmarks/pretraining_length.py --stages keep snapshots field finetune probe curve": options_in_help,
     "python -m cover3d.protocols.label_efficiency --dataset-dir ../shared/data/acdc_cardiac_mri --pool "
     "data_lists/acdc_pool.json --test data_lists/acdc_test.json --overlay bundles/cover_seg/acdc.json --sizes 4 8 16 all "
     "--modes scratch --output benchmarks/results/label_efficiency_acdc_native": protocol("cover3d.protocols.label_efficiency"),

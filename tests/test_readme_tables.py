@@ -16,7 +16,7 @@ import readme_tables  # noqa: E402
 GENERATED = {  # every generated table and the page it belongs to
     "docs/bundles.md": {"bundle_defaults"},
     "docs/performance.md": {"threads", "gpu_check", "pretraining_step", "store_format", "store_scaling", "veu_forward"},
-    "docs/evidence.md": {"seg_convergence", "acdc_baseline", "acdc_all_frames", "label_efficiency_la",
+    "docs/evidence.md": {"seg_convergence", "acdc_baseline", "acdc_all_frames", "label_efficiency_la", "pretraining_length",
                          "label_efficiency_la_backbone_lr",
                          "label_efficiency_acdc", "label_efficiency_acdc_2400its", "feature_probe", "pretext_comparison",
                          "pretext_head_to_head", "pretext_comparison_long", "pretext_head_to_head_long"},
