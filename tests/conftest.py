@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 
@@ -20,4 +21,14 @@ def pytest_configure(config) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // int(workers))
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test: on tiny tensors on a busy 2-core machine, thread hand-offs cost more than the
+    work (up to 10 ms per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
     torch.set_num_threads(threads)

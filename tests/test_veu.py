@@ -15,13 +15,7 @@ from cover3d.networks.blocks.veu import vector_embedding, vector_embedding_refer
 RADII, GROUPS = (1, 2, 3), (1, 2, 4)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: on a busy 2-core machine, thread hand-offs cost more than the work (up to 10 ms per op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def features(shape: tuple[int, ...], seed: int, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:

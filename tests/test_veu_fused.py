@@ -13,15 +13,8 @@ from cover3d.networks.blocks import veu_fused
 from cover3d.networks.blocks.veu import vector_embedding_fused, vector_embedding_reference
 from cover3d.networks.blocks.veu_fused import SPARSE_BLOCK_SIZE, FusedVectorEmbedding, neighbourhood_block_mask
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("single_thread")]  # tests/conftest.py
 
 
 def features(shape: tuple[int, ...], seed: int, dtype=torch.float64, scale: float = 1.0) -> torch.Tensor:
