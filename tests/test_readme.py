@@ -75,5 +75,6 @@ def test_settings_reference_shows_each_checked_settings_rule():
         keys = json.loads(config.read_text())
         checked |= {k for key in ("checked_settings", "+checked_settings") for k in keys.get(key, {})
                     if not k.startswith("_")}
-    mentioned = set(re.findall(r"`([a-z_]+)`", reference))
+        checked |= {k.split("#", 1)[1] for k in keys if k.startswith("checked_settings#")}  # an overlay's own
+    mentioned = set(re.findall(r"`([a-z_]+)(?:#[a-z_]+)?`", reference))
     assert checked and checked <= mentioned, sorted(checked - mentioned)

@@ -34,6 +34,8 @@ CT, MRI, SEG = (["bundles/cover_ct/train.json"], ["bundles/cover_mri/train.json"
 CT_EVALUATE = ["bundles/cover_ct/train.json", "bundles/cover_ct/evaluate.json"]
 MRI_INFERENCE = ["bundles/cover_mri/train.json", "bundles/cover_mri/inference.json"]
 SEG_EVALUATE, SEG_INFERENCE = ["bundles/cover_seg/evaluate.json"], ["bundles/cover_seg/inference.json"]
+OVERLAYS = {name: [*MRI, f"bundles/cover_mri/{name}.json"] for name in (
+    "pretext_cycle", "pretext_restoration", "pretext_infonce", "pretext_relloc", "guard_vicreg", "pseudo_fields")}
 MISSING_CUDA = f"cuda:{max(3, torch.cuda.device_count())}"  # a CUDA device this machine lacks
 
 # (config files, setting, bad value as the command line's parser (fire) hands it over, other overrides);
@@ -97,6 +99,13 @@ CASES = [
     (CT_EVALUATE, "eval_datalist_key", "", {}),
     (MRI_INFERENCE, "image_a", "<tmp>/no_such_volume.nii.gz", {}),
     (MRI_INFERENCE, "deformation_seed", "x", {}),
+    (OVERLAYS["pretext_cycle"], "cycle#weight", -0.1, {}),
+    (OVERLAYS["pretext_restoration"], "restoration#weight", "high", {}),
+    (OVERLAYS["pretext_infonce"], "infonce#temperature", 0, {}),
+    (OVERLAYS["pretext_relloc"], "relloc#levels", [-1, 5], {}),
+    (OVERLAYS["guard_vicreg"], "vicreg#num_samples", 1, {}),
+    (OVERLAYS["pseudo_fields"], "pseudo#teacher_weights", None, {}),  # the overlay's default: the user must set it
+    (OVERLAYS["pseudo_fields"], "pseudo#threshold", -1, {"pseudo#teacher_weights": str(REPO / "weights" / "cover_mri_pool_2mm" / "model.pt")}),
 ]
 # these cases also run as real `python -m monai.bundle run` commands, with the text a user types (a word fire keeps
 # as a string, a device string, lists fire parses); each costs a process start (imports), so only a few
@@ -188,10 +197,13 @@ def test_every_bundle_setting_checked_has_a_rule_and_the_defaults_pass(tmp_path)
     """The settings each bundle checks at start-up, with its default values: all accepted."""
     from monai.bundle import ConfigParser
 
-    for files in (CT, MRI, SEG, CT_EVALUATE, MRI_INFERENCE, SEG_EVALUATE, SEG_INFERENCE):
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    for files in (CT, MRI, SEG, CT_EVALUATE, MRI_INFERENCE, SEG_EVALUATE, SEG_INFERENCE, *OVERLAYS.values()):
         parser = ConfigParser()
         parser.read_config([str(REPO / f) for f in files])
         parser.update(_overrides(files, tmp_path))  # files the defaults name that a fresh clone lacks
+        if files == OVERLAYS["pseudo_fields"]:
+            parser["pseudo"]["teacher_weights"] = str(tmp_path / "teacher.pt")  # no default: the user names one
         checked = parser.get("checked_settings")
         assert checked["_target_"] == "cover3d.engine.check_settings"
         assert {k for k in checked if not k.startswith("_")} <= set(SETTING_RULES)

@@ -252,6 +252,7 @@ _COUNT = integer(0)
 _FRACTION = number(0, 1)
 _FILE = path("file")
 _WEIGHT = number(0)
+_LEVEL = integer(-5, 4)  # a feature level of the 5-level backbone, as a Python index (-1: the finest)
 
 # every setting a bundle checks, by name: the same rule in every bundle
 SETTING_RULES: dict[str, Rule] = {
@@ -327,6 +328,13 @@ SETTING_RULES: dict[str, Rule] = {
     "num_workers": _COUNT,
     "num_threads": _POSITIVE,
     "cache_rate": _FRACTION,
+    # pretext, guard and pseudo-field overlays (each overlay adds its own to checked_settings)
+    "cycle": fields(weight=_WEIGHT),
+    "restoration": fields(weight=_WEIGHT),
+    "infonce": fields(weight=_WEIGHT, num_samples=integer(2), temperature=number(0, low_open=True), level=_LEVEL),
+    "relloc": fields(weight=_WEIGHT, levels=numbers(None, _LEVEL), num_samples=integer(2), hidden=_POSITIVE),
+    "vicreg": fields(weight=_WEIGHT, gamma=number(0, low_open=True), cov_weight=_WEIGHT, num_samples=integer(2)),
+    "pseudo": fields(teacher_weights=_FILE, pairs=_POSITIVE, threshold=number(0, low_open=True)),
 }
 
 
