@@ -178,10 +178,17 @@ def pretraining_length() -> str:
             paired[(path.parent.name, r["n_labelled"])] = r
     sizes = sorted({n for _, n in paired} | {"2", "4"}, key=int)
 
+    def mean_dice(run: Path) -> float:
+        rows = csv.DictReader((run / "eval" / "dice_summary.csv").open(newline=""))
+        return float(next(r for r in rows if r["class"] == "mean")["mean"])
+
     def cell(snapshot: str, n: str) -> str:
         r = paired.get((snapshot, n))
-        if r is None:
-            return "not fine-tuned yet"
+        if r is None:  # seeds still running: the finished ones, each against its scratch run (same subset)
+            runs = folder / "finetune" / snapshot / "runs"
+            done = sorted(p for p in runs.glob(f"pretrained_n{n}_seed*") if (p / "eval" / "dice_summary.csv").is_file())
+            diffs = [mean_dice(p) - mean_dice(runs / p.name.replace("pretrained", "scratch")) for p in done]
+            return (f"{len(done)} seed(s) so far: " + ", ".join(f"{d:+.3f}" for d in diffs)) if done else "not yet"
         return (f"{float(r['dice_diff_mean']):+.3f} [{float(r['dice_diff_boot95_low']):+.3f}, "
                 f"{float(r['dice_diff_boot95_high']):+.3f}]")  # fmt: skip
 
