@@ -1,9 +1,8 @@
 """Test-session set-up shared by every test file.
 
-setup.cfg runs the suite in pytest-xdist workers, one per core (at most two). A worker's torch, and every process it
-starts, gets the cores divided by the number of workers as its threads (``OMP_NUM_THREADS``, which the bundles'
-``num_threads`` default follows): on a 2-core machine, two multi-threaded torch processes were measured many times
-slower than one (docs/performance.md, "Threads on a shared CPU").
+setup.cfg runs the suite in two pytest-xdist workers. A worker's torch, and every process it starts, gets the cores
+divided by the number of workers as its threads (``OMP_NUM_THREADS``, which the bundles' ``num_threads`` default
+follows): more threads than free cores makes every thread wait (docs/performance.md, "Threads on a shared CPU").
 """
 
 from __future__ import annotations
