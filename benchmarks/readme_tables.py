@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table  # noqa: E402
 
+from cover3d.protocols.label_efficiency import finished_runs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -178,17 +180,13 @@ def pretraining_length() -> str:
             paired[(path.parent.name, r["n_labelled"])] = r
     sizes = sorted({n for _, n in paired} | {"2", "4"}, key=int)
 
-    def mean_dice(run: Path) -> float:
-        rows = csv.DictReader((run / "eval" / "dice_summary.csv").open(newline=""))
-        return float(next(r for r in rows if r["class"] == "mean")["mean"])
-
     def cell(snapshot: str, n: str) -> str:
         r = paired.get((snapshot, n))
         if r is None:  # seeds still running: the finished ones, each against its scratch run (same subset)
-            runs = folder / "finetune" / snapshot / "runs"
-            done = sorted(p for p in runs.glob(f"pretrained_n{n}_seed*") if (p / "eval" / "dice_summary.csv").is_file())
-            diffs = [mean_dice(p) - mean_dice(runs / p.name.replace("pretrained", "scratch")) for p in done]
-            return (f"{len(done)} seed(s) so far: " + ", ".join(f"{d:+.3f}" for d in diffs)) if done else "not yet"
+            dice = {(r["mode"], r["seed"]): r["dice"] for r in finished_runs(folder / "finetune" / snapshot)[0]
+                    if r["n_labelled"] == int(n)}  # fmt: skip
+            diffs = [d - dice[("scratch", seed)] for (mode, seed), d in sorted(dice.items()) if mode == "pretrained"]
+            return (f"{len(diffs)} seed(s) so far: " + ", ".join(f"{d:+.3f}" for d in diffs)) if diffs else "not yet"
         return (f"{float(r['dice_diff_mean']):+.3f} [{float(r['dice_diff_boot95_low']):+.3f}, "
                 f"{float(r['dice_diff_boot95_high']):+.3f}]")  # fmt: skip
 
